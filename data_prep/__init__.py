@@ -1,0 +1,1 @@
+"""data_prep: RAW photos -> exposure sequences -> TFDS (array_record) datasets."""

@@ -1,0 +1,191 @@
+r"""Builds the TFDS datasets (array_record) and opens them for training.
+
+  python -m data_prep.build --dataset=multi_exposure/sample --data_dir=DIR
+  python -m data_prep.build --dataset=msec --data_dir=DIR --manual_dir=MSEC_DIR
+
+Datasets: multi_exposure/{sample,raw,raw_radiometry,raw_16bit,rendered}, msec,
+sice, lcdp (see data_prep/datasets/). Importing this module registers them
+all with TFDS.
+
+Why a build cannot leave a half dataset that looks complete: TFDS writes into
+`<data_dir>/<name>/<config>/incomplete.<random>_<version>/` and renames it to
+`<version>/` only after every split and `dataset_info.json` are written;
+`is_prepared` looks for that final folder. A build that raises removes its
+incomplete folder; one that is killed leaves it behind, and `ensure_prepared`
+deletes such leftovers before it builds again. Builds of one dataset take a
+file lock, so processes sharing a data_dir (one per host, say) build once.
+"""
+
+import contextlib
+import fcntl
+import os
+import pathlib
+import re
+import shlex
+import shutil
+from typing import Iterator, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow_datasets as tfds
+
+# Imported for their side effect: defining a builder registers it with TFDS.
+from data_prep.datasets import lcdp  # pylint: disable=unused-import
+from data_prep.datasets import msec  # pylint: disable=unused-import
+from data_prep.datasets import multi_exposure  # pylint: disable=unused-import
+from data_prep.datasets import sice  # pylint: disable=unused-import
+
+DATASETS = ('multi_exposure', 'msec', 'sice', 'lcdp')
+FILE_FORMAT = 'array_record'
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The dataset asked for has not been built in that data_dir."""
+
+
+def build_command(name: str, data_dir: str | os.PathLike[str] | None,
+                  manual_dir: str | os.PathLike[str] | None = None) -> str:
+  """The shell command that builds `name` (shown in error messages).
+
+  Without `manual_dir`, datasets that read source files get a placeholder
+  `--manual_dir=FOLDER_WITH_THE_SOURCE_FILES` to fill in.
+  """
+  args = ['python', '-m', 'data_prep.build', f'--dataset={name}']
+  if data_dir is not None:
+    args.append(f'--data_dir={os.fspath(data_dir)}')
+  if manual_dir is not None:
+    args.append(f'--manual_dir={os.fspath(manual_dir)}')
+  elif name not in ('multi_exposure', 'multi_exposure/sample'):
+    args.append('--manual_dir=FOLDER_WITH_THE_SOURCE_FILES')
+  return shlex.join(args)
+
+
+def _expand(path: str | os.PathLike[str] | None) -> str | None:
+  """A path as a string with '~' expanded (flags like --x=~/d keep the ~)."""
+  return None if path is None else os.path.expanduser(os.fspath(path))
+
+
+def get_builder(name: str, data_dir: str | os.PathLike[str] | None
+                ) -> tfds.core.DatasetBuilder:
+  """The builder of `name` ('msec', 'multi_exposure/raw', ...) in data_dir.
+
+  Raises:
+    ValueError: `name` is not one of this project's datasets or configs.
+  """
+  base = name.split('/', 1)[0].split(':', 1)[0]
+  if base not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; this project builds '
+                     f'{", ".join(DATASETS)} (multi_exposure/<config>).')
+  try:
+    return tfds.builder(name, data_dir=_expand(data_dir),
+                        file_format=FILE_FORMAT)
+  except ValueError as e:
+    configs = [c.name for c in multi_exposure.MultiExposure.BUILDER_CONFIGS]
+    raise ValueError(f'{name!r}: {e}. multi_exposure configs: '
+                     f'{", ".join(configs)}.') from e
+
+
+@contextlib.contextmanager
+def _build_lock(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
+  """An exclusive lock per dataset variant, on a file beside its folder."""
+  config_dir = pathlib.Path(os.fspath(builder.data_dir)).parent
+  config_dir.mkdir(parents=True, exist_ok=True)
+  with open(config_dir / f'.build-{builder.version}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_incomplete(builder: tfds.core.DatasetBuilder) -> None:
+  """Deletes `incomplete.*` folders a killed build left (lock held)."""
+  data_dir = pathlib.Path(os.fspath(builder.data_dir))
+  pattern = re.compile(r'^incomplete\..*_' + re.escape(data_dir.name) + '$')
+  for leftover in sorted(data_dir.parent.glob('incomplete.*')):
+    if pattern.match(leftover.name) and leftover.is_dir():
+      logging.warning('Removing %s, left by an interrupted build.', leftover)
+      shutil.rmtree(leftover, ignore_errors=True)
+
+
+def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
+                    manual_dir: str | os.PathLike[str] | None = None) -> None:
+  """Builds dataset `name` in `data_dir` unless it is already prepared.
+
+  Args:
+    name: 'multi_exposure/sample', 'msec', ... .
+    data_dir: the TFDS data dir; None means TFDS's default.
+    manual_dir: where the source files are (not needed for the sample);
+      None means TFDS's default, `<data_dir>/downloads/manual`.
+  """
+  builder = get_builder(name, data_dir)
+  if builder.is_prepared():
+    return
+  with _build_lock(builder):
+    if builder.is_prepared():  # Another process built it while we waited.
+      return
+    _remove_incomplete(builder)
+    logging.info('Building %s into %s.', name, builder.data_dir)
+    builder.download_and_prepare(
+        file_format=FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=_expand(manual_dir)))
+
+
+def data_source(name: str, split: str,
+                data_dir: str | os.PathLike[str] | None):
+  """`tfds.data_source` of a prepared dataset; never builds.
+
+  Raises:
+    DatasetNotPreparedError: not built in `data_dir`; the message gives the
+      command that builds it.
+    ValueError: the dataset has no split `split`.
+  """
+  builder = get_builder(name, data_dir)
+  if not builder.is_prepared():
+    where = (f'data_dir {_expand(data_dir)}' if data_dir is not None else
+             "TFDS's default data_dir")
+    raise DatasetNotPreparedError(
+        f'Dataset {name!r} is not prepared in {where} (looked for '
+        f'{builder.data_dir}). Build it with:\n  '
+        f'{build_command(name, _expand(data_dir))}')
+  available = list(builder.info.splits)
+  plain = re.fullmatch(r'[A-Za-z_]+', split)
+  if plain and split not in available:
+    raise ValueError(f'Dataset {name!r} in {builder.data_dir} has no split '
+                     f'{split!r}; it has {available}.')
+  return tfds.data_source(name, split=split, data_dir=_expand(data_dir),
+                          download=False)
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the CLI's flags; not at import, so importing never clashes."""
+  flags.DEFINE_string('dataset', None, 'e.g. multi_exposure/sample, msec.',
+                      flag_values=flag_values)
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir (default: TFDS\'s).',
+                      flag_values=flag_values)
+  flags.DEFINE_string('manual_dir', None,
+                      'Folder with the source files (RAWs, MSEC, ...).',
+                      flag_values=flag_values)
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
+         ) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flag_values.dataset:
+    raise app.UsageError('--dataset is required, e.g. '
+                         '--dataset=multi_exposure/sample.')
+  ensure_prepared(flag_values.dataset, flag_values.data_dir,
+                  flag_values.manual_dir)
+  builder = get_builder(flag_values.dataset, flag_values.data_dir)
+  splits = ', '.join(f'{split}: {info.num_examples}'
+                     for split, info in builder.info.splits.items())
+  print(f'{flag_values.dataset} is prepared in {builder.data_dir} '
+        f'({splits}).', flush=True)
+
+
+if __name__ == '__main__':
+  define_flags(flags.FLAGS)
+  app.run(main)

@@ -1,0 +1,1 @@
+"""TFDS builders for the datasets training reads."""

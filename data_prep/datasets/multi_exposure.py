@@ -1,0 +1,290 @@
+"""TFDS builder `multi_exposure`: one example per scene, its exposures in order.
+
+Configs (the source of the scenes):
+  sample (default): the embedded sample scenes (`data_prep.sample_scenes`),
+    written as DNG files to a temporary folder and then built exactly as
+    'raw' builds a folder, so the sample exercises the real RAW path.
+  raw: the RAW files in the manual directory (searched recursively, RAW
+    extensions only), each decoded once and rendered at MSEC's EVs
+    (-1.5, -1, 0, +1, +1.5), 8 bits. 'raw_radiometry' renders -3..+3 like the
+    UEC radiometry data; 'raw_16bit' writes 16-bit PNGs. Other EVs, bit
+    depths, tone curves or half-size decodes: pass a `MultiExposureConfig`.
+  rendered: already-rendered sequences in the manual directory, as
+    `python -m data_prep.render_raw` writes them (`<scene>_<tag>.png`) or in
+    the UEC radiometry layout (`{neg3,..,0,..,pos3}/<name>`); see
+    `rendered_layout`. Frames are stored as the files hold them.
+
+Features (one example per scene):
+  scene: the scene name (the RAW's file stem).
+  frames: encoded images, one per EV, in `evs` order. PNG (8-bit, or 16-bit
+    when bits=16) for raw/sample; the files' own bytes for rendered.
+    Decode with `data_prep.image_codec.decode_image`.
+  evs: float32 exposures relative to as-shot, ascending; the same list for
+    every scene of a build.
+  camera: 'make model' from the RAW's tags ('' where unknown).
+  height, width: int32 size of every frame.
+  source: 'sample', or the file the scene came from.
+
+Splits are scene-disjoint by construction (one example per scene): 'sample'
+uses `sample_scenes.sample_split`; folders use `scene_split.assign_splits`, a
+SHA-256 hash of the scene name against `validation_fraction` (default 0.1),
+with at least one validation scene when there are two or more scenes. With a
+single scene only 'train' exists. Unreadable RAWs are logged and skipped; the
+build fails only when no RAW is usable.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
+import weakref
+
+from absl import logging
+import numpy as np
+import rawpy
+import tensorflow_datasets as tfds
+
+from data_prep import ev_tags
+from data_prep import image_codec
+from data_prep import raw_render
+from data_prep import render_raw
+from data_prep import sample_scenes
+from data_prep import camera_tags
+from data_prep.datasets import rendered_layout
+from data_prep.datasets import scene_split
+
+SOURCES = ('sample', 'raw', 'rendered')
+RADIOMETRY_EVS = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class MultiExposureConfig(tfds.core.BuilderConfig):
+  """What a `multi_exposure` build reads and how it renders it.
+
+  Attributes:
+    source: 'sample', 'raw' or 'rendered' (see module docstring).
+    evs: exposures to render (sorted on construction). For 'rendered': the
+      EVs to keep, or None for the EV list most scenes have.
+    bits: 8 or 16 bits per channel of rendered PNGs (sample/raw).
+    tone_curve: 'none' or 'camera' (see `raw_render`).
+    half_size: decode RAWs at half resolution (faster, 1/4 the pixels).
+    validation_fraction: expected share of validation scenes (folders).
+  """
+  source: str = 'raw'
+  evs: tuple[float, ...] | None = ev_tags.MSEC_EVS
+  bits: int = 8
+  tone_curve: str = 'none'
+  half_size: bool = False
+  validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f'source must be one of {SOURCES}, got {self.source!r}.')
+    if self.evs is None:
+      if self.source != 'rendered':
+        raise ValueError(f'Config {self.name!r}: give the EVs to render.')
+    else:
+      evs = tuple(sorted(float(ev) for ev in self.evs))
+      if not evs or len(set(evs)) != len(evs) or not all(map(math.isfinite,
+                                                              evs)):
+        raise ValueError(f'Config {self.name!r}: EVs must be distinct finite '
+                         f'numbers, got {self.evs!r}.')
+      self.evs = evs
+    if self.bits not in raw_render.BIT_DEPTHS:
+      raise ValueError(f'bits must be 8 or 16, got {self.bits!r}.')
+    if self.tone_curve not in raw_render.TONE_CURVES:
+      raise ValueError(f'tone_curve must be one of {raw_render.TONE_CURVES}, '
+                       f'got {self.tone_curve!r}.')
+    if not 0.0 < self.validation_fraction < 1.0:
+      raise ValueError('validation_fraction must be in (0, 1), got '
+                       f'{self.validation_fraction!r}.')
+
+
+def multi_exposure_features() -> tfds.features.FeaturesDict:
+  """The feature spec of `multi_exposure` (see module docstring)."""
+  return tfds.features.FeaturesDict({
+      'scene': tfds.features.Text(),
+      'frames': tfds.features.Sequence(
+          tfds.features.Tensor(shape=(), dtype=np.object_)),
+      'evs': tfds.features.Sequence(
+          tfds.features.Tensor(shape=(), dtype=np.float32)),
+      'camera': tfds.features.Text(),
+      'height': tfds.features.Tensor(shape=(), dtype=np.int32),
+      'width': tfds.features.Tensor(shape=(), dtype=np.int32),
+      'source': tfds.features.Text(),
+  })
+
+
+@dataclasses.dataclass(frozen=True)
+class RawScene:
+  """A RAW file to build one example from."""
+  scene: str
+  path: pathlib.Path
+  source: str
+
+
+def probe_raw(path: pathlib.Path) -> str | None:
+  """Why LibRaw cannot read `path` (None when it can).
+
+  Reads and unpacks the sensor data (truncated or corrupt files fail here)
+  without the costly demosaic, so splits can be chosen among usable scenes
+  before anything is rendered.
+  """
+  try:
+    with rawpy.imread(os.fspath(path)) as raw:
+      raw.unpack()
+  except (rawpy.LibRawError, OSError, ValueError) as e:
+    return f'{type(e).__name__}: {e}'
+  return None
+
+
+def usable_raws(scenes: Sequence[RawScene]) -> list[RawScene]:
+  """The scenes whose RAW probes fine; logs the others with the reason.
+
+  Raises:
+    ValueError: no RAW is usable; the message lists why each failed.
+  """
+  usable, failures = [], []
+  for scene in scenes:
+    reason = probe_raw(scene.path)
+    if reason is None:
+      usable.append(scene)
+    else:
+      logging.warning('Skipping RAW %s: %s', scene.path, reason)
+      failures.append(f'{scene.path.name} ({reason})')
+  if not usable:
+    raise ValueError(
+        f'None of the {len(scenes)} RAW file(s) can be read: '
+        f'{"; ".join(failures[:10])}. Re-copy them or give other files.')
+  return usable
+
+
+class MultiExposure(tfds.core.GeneratorBasedBuilder):
+  """Multi-exposure sequences (one example per scene) rendered from RAW."""
+
+  name = 'multi_exposure'
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Sample captures metered to 18% grey (equally exposed EV 0).',
+  }
+  BUILDER_CONFIGS = [
+      MultiExposureConfig(
+          name='sample', source='sample',
+          description='The embedded sample scenes, at MSEC EVs, 8-bit.'),
+      MultiExposureConfig(
+          name='raw', source='raw',
+          description='RAW files of the manual dir, at MSEC EVs, 8-bit.'),
+      MultiExposureConfig(
+          name='raw_radiometry', source='raw', evs=RADIOMETRY_EVS,
+          description='RAW files of the manual dir, at -3..+3 EV, 8-bit.'),
+      MultiExposureConfig(
+          name='raw_16bit', source='raw', bits=16,
+          description='RAW files of the manual dir, at MSEC EVs, 16-bit.'),
+      MultiExposureConfig(
+          name='rendered', source='rendered', evs=None,
+          description='Rendered sequences (<scene>_<tag>.png, or the UEC '
+                      'radiometry layout) of the manual dir, as stored.'),
+  ]
+  DEFAULT_CONFIG_NAME = 'sample'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Config 'raw*': put RAW files (any LibRaw format; folders are searched "
+      "recursively) in the manual directory. Config 'rendered': put the "
+      'output of `python -m data_prep.render_raw` (<scene>_<tag>.png) or a '
+      'UEC radiometry folder ({neg3,neg2,neg1,0,pos1,pos2,pos3}/<name>) '
+      "there. Config 'sample' needs nothing.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=multi_exposure_features())
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config = self.builder_config
+    if config.source == 'rendered':
+      return self._rendered_split_generators(
+          pathlib.Path(os.fspath(dl_manager.manual_dir)))
+    if config.source == 'sample':
+      scenes, split_of = self._sample_raws()
+    else:
+      manual_dir = pathlib.Path(os.fspath(dl_manager.manual_dir))
+      try:
+        paths = render_raw.find_raw_files([manual_dir])
+      except render_raw.RenderInputError as e:
+        raise ValueError(f'multi_exposure/{config.name}: {e}') from e
+      scenes = [RawScene(path.stem, path, path.name) for path in paths]
+      split_of = None
+    scenes = sorted(usable_raws(scenes), key=lambda s: s.scene)
+    if split_of is None:
+      split_of = scene_split.assign_splits(
+          [s.scene for s in scenes], config.validation_fraction)
+    return self._group(scenes, split_of)
+
+  def _group(self, scenes, split_of) -> dict[str, Any]:
+    """split -> generator over that split's scenes (empty splits left out)."""
+    by_split: dict[str, list[Any]] = {}
+    for scene in scenes:
+      by_split.setdefault(split_of[scene.scene], []).append(scene)
+    if scene_split.VALIDATION not in by_split:
+      logging.warning(
+          'multi_exposure/%s: only %d usable scene(s), so there is no '
+          'validation split; add scenes to get one.', self.builder_config.name,
+          len(scenes))
+    return {split: self._generate_examples(split_scenes)
+            for split, split_scenes in sorted(by_split.items())}
+
+  def _sample_raws(self) -> tuple[list[RawScene], dict[str, str]]:
+    """Writes the sample DNGs to a temporary folder removed with the builder."""
+    folder = tempfile.mkdtemp(prefix='multi_exposure_sample_')
+    weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+    paths = [pathlib.Path(p) for p in sample_scenes.write_sample_raws(folder)]
+    scenes = [RawScene(path.stem, path, 'sample') for path in paths]
+    return scenes, {s.scene: sample_scenes.sample_split(s.scene)
+                    for s in scenes}
+
+  def _generate_raw_examples(self, scenes: Sequence[RawScene]
+                             ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Decodes each RAW once and renders every EV of the config from it."""
+    config = self.builder_config
+    yielded = 0
+    for scene in scenes:
+      try:
+        image = raw_render.decode_raw(scene.path, half_size=config.half_size)
+      except raw_render.RawDecodeError as e:
+        logging.warning('Skipping RAW %s: %s', scene.path, e)
+        continue
+      renders = raw_render.render_exposures(
+          image, config.evs, bits=config.bits, tone_curve=config.tone_curve)
+      yield scene.scene, {
+          'scene': scene.scene,
+          'frames': [image_codec.encode_png(renders[ev]) for ev in config.evs],
+          'evs': np.asarray(config.evs, np.float32),
+          'camera': camera_tags.camera_name(scene.path),
+          'height': np.int32(image.height),
+          'width': np.int32(image.width),
+          'source': scene.source,
+      }
+      yielded += 1
+    if scenes and not yielded:
+      raise ValueError(
+          f'None of the RAW files {[s.path.name for s in scenes]} could be '
+          'decoded (see the warnings above).')
+
+  def _rendered_split_generators(self, manual_dir: pathlib.Path):
+    config = self.builder_config
+    scenes = rendered_layout.find_sequences(manual_dir, evs=config.evs)
+    split_of = scene_split.assign_splits(
+        [s.scene for s in scenes], config.validation_fraction)
+    return self._group(scenes, split_of)
+
+  def _generate_examples(self, scenes: Sequence[Any]
+                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+    if self.builder_config.source == 'rendered':
+      for scene in scenes:
+        yield scene.scene, scene.to_example()
+    else:
+      yield from self._generate_raw_examples(scenes)

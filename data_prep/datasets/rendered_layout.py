@@ -1,0 +1,162 @@
+"""Finding already-rendered exposure sequences in a folder.
+
+Two layouts are recognised (in the folder given or up to two levels below):
+  flat, as `python -m data_prep.render_raw` writes it: `<scene>_<tag>.png`
+    (or .jpg, ...) with MSEC tags (N1.5, N1, 0, P1, P1.5), split on the last
+    underscore; its `<scene>.json` entries, where present, give the camera
+    and the source RAW.
+  per-EV folders, as the UEC radiometry data: `<tag>/<name>` with folders
+    named neg3, neg2, neg1, 0, pos1, pos2, pos3 (MSEC tags work too); the
+    scene is the file stem.
+
+Every scene of a build must have the same EV list (training samples pairs of
+EVs by position), so scenes missing one of the wanted EVs are logged and
+skipped; wanted = the EVs asked for, or else the EV list most scenes have.
+Frames are stored as the files hold them, not re-encoded.
+"""
+
+import collections
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+from PIL import Image
+
+from data_prep import ev_tags
+from data_prep import render_raw
+from data_prep import camera_tags
+from data_prep.datasets import manual_layout
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap axes.
+EXPECTED_LAYOUT = ('<scene>_<tag>.png files (render_raw output) or '
+                   '{neg3,neg2,neg1,0,pos1,pos2,pos3}/<name> folders')
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedScene:
+  """One scene's frames, ascending in EV, with what is known of its origin."""
+  scene: str
+  frames: tuple[tuple[float, pathlib.Path], ...]
+  camera: str = ''
+  source: str = ''
+
+  def to_example(self) -> dict[str, Any]:
+    """The `multi_exposure` feature dict; fails if frame sizes differ."""
+    sizes = {path: image_size(path) for _, path in self.frames}
+    if len(set(sizes.values())) != 1:
+      raise ValueError(
+          f'Scene {self.scene!r}: its frames differ in size: '
+          + ', '.join(f'{p.name} {w}x{h}' for p, (h, w) in sizes.items()))
+    height, width = next(iter(sizes.values()))
+    return {
+        'scene': self.scene,
+        'frames': [path.read_bytes() for _, path in self.frames],
+        'evs': np.asarray([ev for ev, _ in self.frames], np.float32),
+        'camera': self.camera,
+        'height': np.int32(height),
+        'width': np.int32(width),
+        'source': self.source,
+    }
+
+
+def image_size(path: pathlib.Path) -> tuple[int, int]:
+  """(height, width) as decoded, after EXIF orientation; reads the header."""
+  with Image.open(path) as image:
+    width, height = image.size
+    if image.getexif().get(0x0112, 1) in _TRANSPOSING_ORIENTATIONS:
+      width, height = height, width
+  return height, width
+
+
+def _tag_folders(folder: pathlib.Path) -> dict[float, pathlib.Path]:
+  return {ev_tags.tag_to_ev(child.name): child
+          for child in sorted(folder.iterdir())
+          if child.is_dir() and ev_tags.is_tag(child.name)}
+
+
+def _flat_frames(folder: pathlib.Path) -> dict[str, dict[float, pathlib.Path]]:
+  """scene -> {ev: file} for `<scene>_<tag>.<ext>` images in `folder`."""
+  scenes: dict[str, dict[float, pathlib.Path]] = {}
+  for stem, path in manual_layout.list_images(folder).items():
+    scene, _, tag = stem.rpartition('_')
+    if scene and ev_tags.is_tag(tag):
+      scenes.setdefault(scene, {})[ev_tags.tag_to_ev(tag)] = path
+  return scenes
+
+
+def _is_layout_root(folder: pathlib.Path) -> bool:
+  return len(_tag_folders(folder)) >= 2 or bool(_flat_frames(folder))
+
+
+def _render_entry(folder: pathlib.Path, scene: str) -> tuple[str, str]:
+  """(camera, source file name) from render_raw's `<scene>.json`, if any."""
+  try:
+    entry = json.loads((folder / f'{scene}.json').read_text())
+  except (OSError, ValueError):
+    return '', ''
+  if not isinstance(entry, dict) or entry.get('format') != render_raw.FORMAT:
+    return '', ''
+  return (camera_tags.camera_label(entry.get('camera') or {}),
+          pathlib.Path(entry.get('source', '')).name)
+
+
+def _wanted_evs(scenes: dict[str, dict[float, pathlib.Path]],
+                evs: Sequence[float] | None) -> tuple[float, ...]:
+  if evs is not None:
+    return tuple(sorted(evs))
+  counts = collections.Counter(tuple(sorted(f)) for f in scenes.values())
+  return max(counts, key=lambda key: (counts[key], len(key), key))
+
+
+def find_sequences(manual_dir: pathlib.Path,
+                   evs: Sequence[float] | None = None) -> list[RenderedScene]:
+  """The scenes of a rendered folder, sorted by name (see module docstring).
+
+  Args:
+    manual_dir: the folder holding a layout (or one up to two levels below).
+    evs: the EVs to keep; None keeps the EV list most scenes have.
+
+  Raises:
+    FileNotFoundError: no layout, or no scene has all wanted EVs.
+  """
+  root = manual_layout.find_layout_root(
+      manual_dir, _is_layout_root, dataset='multi_exposure/rendered',
+      expected=EXPECTED_LAYOUT)
+  tag_folders = _tag_folders(root)
+  scenes: dict[str, dict[float, pathlib.Path]] = {}
+  if len(tag_folders) >= 2:
+    for ev, folder in tag_folders.items():
+      for stem, path in manual_layout.list_images(folder).items():
+        scenes.setdefault(stem, {})[ev] = path
+  else:
+    scenes = _flat_frames(root)
+  if not scenes:
+    raise FileNotFoundError(
+        f'multi_exposure/rendered: no images in {root}. Expected: '
+        f'{EXPECTED_LAYOUT}.')
+  wanted = _wanted_evs(scenes, evs)
+  sequences, incomplete = [], []
+  for scene, frames in sorted(scenes.items()):
+    if not set(wanted) <= set(frames):
+      incomplete.append(scene)
+      continue
+    camera, source = ('', '') if len(tag_folders) >= 2 else _render_entry(
+        root, scene)
+    first = frames[wanted[0]]
+    sequences.append(RenderedScene(
+        scene=scene, frames=tuple((ev, frames[ev]) for ev in wanted),
+        camera=camera,
+        source=source or first.relative_to(root.parent).as_posix()))
+  if incomplete:
+    logging.warning(
+        'multi_exposure/rendered: skipping %d scene(s) without all of the EVs '
+        '%s: %s', len(incomplete), list(wanted),
+        manual_layout.describe_list(incomplete))
+  if not sequences:
+    raise FileNotFoundError(
+        f'multi_exposure/rendered: no scene in {root} has all of the EVs '
+        f'{list(wanted)}.')
+  return sequences

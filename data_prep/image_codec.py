@@ -1,0 +1,155 @@
+"""Encoding and decoding of 8- and 16-bit RGB images as bytes or files.
+
+Pillow handles JPEG, 8-bit PNG and EXIF orientation, but it cannot write a
+16-bit RGB PNG and silently truncates one to 8 bits on reading. OpenCV (the
+field's standard image I/O library) handles 16-bit PNG and TIFF, so 16-bit
+data goes through it; everything else goes through Pillow. Arrays are always
+RGB, HxWx3, uint8 or uint16.
+"""
+
+import io
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+cv2.setNumThreads(1)  # Decoding runs in data-loader workers: stay single-threaded.
+
+# Pillow's guard against decompression bombs is far below a 100 MP photo.
+Image.MAX_IMAGE_PIXELS = 1 << 30
+
+
+class ImageDecodeError(Exception):
+  """Bytes or a file could not be decoded as an image."""
+
+
+def _as_rgb(array: np.ndarray) -> np.ndarray:
+  if array.ndim == 2:
+    return np.repeat(array[..., None], 3, axis=-1)
+  if array.ndim == 3 and array.shape[-1] == 4:
+    return array[..., :3]
+  if array.ndim == 3 and array.shape[-1] == 3:
+    return array
+  raise ImageDecodeError(f'Unsupported image layout {array.shape}.')
+
+
+def encode_png(image: np.ndarray, *, compress_level: int = 3) -> bytes:
+  """Encodes an HxWx3 uint8 or uint16 RGB array as PNG bytes (lossless)."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f'Expected an HxWx3 RGB image, got shape {image.shape}.')
+  if image.dtype == np.uint8:
+    buffer = io.BytesIO()
+    Image.fromarray(image, 'RGB').save(buffer, format='PNG',
+                                       compress_level=compress_level)
+    return buffer.getvalue()
+  if image.dtype == np.uint16:
+    ok, encoded = cv2.imencode(
+        '.png', np.ascontiguousarray(image[..., ::-1]),
+        [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    if not ok:
+      raise ValueError('OpenCV failed to encode a 16-bit PNG.')
+    return encoded.tobytes()
+  raise ValueError(f'Expected uint8 or uint16 pixels, got {image.dtype}.')
+
+
+def _is_high_bit_depth(data: bytes) -> bool:
+  """True for 16-bit PNGs and TIFFs, which Pillow would truncate."""
+  if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 24:
+    return data[24] == 16  # IHDR bit depth.
+  return data[:4] in (b'II*\x00', b'MM\x00*')
+
+
+def _exif_orientation(data: bytes) -> int:
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return int(image.getexif().get(0x0112, 1))
+  except Exception:  # pylint: disable=broad-except
+    return 1
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+  """Applies an EXIF orientation (1..8) to an HxWxC array."""
+  transforms = {
+      2: lambda a: a[:, ::-1],
+      3: lambda a: a[::-1, ::-1],
+      4: lambda a: a[::-1],
+      5: lambda a: np.swapaxes(a, 0, 1),
+      6: lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+      7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+      8: lambda a: np.swapaxes(a, 0, 1)[::-1],
+  }
+  transform = transforms.get(orientation)
+  return np.ascontiguousarray(transform(image)) if transform else image
+
+
+def decode_image(data: bytes, *, honour_exif: bool = True) -> np.ndarray:
+  """Decodes JPEG/PNG/TIFF bytes to HxWx3 RGB uint8 (or uint16 if 16-bit).
+
+  Args:
+    data: the encoded file.
+    honour_exif: rotate/flip as the EXIF orientation tag says, as viewers do.
+
+  Raises:
+    ImageDecodeError: the bytes are not a decodable image.
+  """
+  if _is_high_bit_depth(data):
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8),
+                           cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if decoded is None:
+      raise ImageDecodeError('Corrupt or unsupported 16-bit PNG/TIFF data.')
+    if decoded.dtype not in (np.uint8, np.uint16):
+      raise ImageDecodeError(f'Unsupported sample type {decoded.dtype}.')
+    decoded = _as_rgb(decoded)
+    decoded = np.ascontiguousarray(decoded[..., ::-1])  # BGR -> RGB
+    if honour_exif and data[:4] in (b'II*\x00', b'MM\x00*'):
+      decoded = _apply_orientation(decoded, _exif_orientation(data))
+    return decoded
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      if honour_exif:
+        image = ImageOps.exif_transpose(image)
+      if image.mode not in ('RGB', 'L', 'RGBA'):
+        image = image.convert('RGB')
+      return _as_rgb(np.asarray(image))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageDecodeError(f'Corrupt or unsupported image data: {e}') from e
+
+
+def read_image(path: str | os.PathLike[str], *,
+               honour_exif: bool = True) -> np.ndarray:
+  """Reads an image file; errors name the file."""
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    return decode_image(data, honour_exif=honour_exif)
+  except (OSError, ImageDecodeError) as e:
+    raise ImageDecodeError(f'Cannot read image {path}: {e}') from e
+
+
+PARTIAL_SUFFIX = '.partial'
+
+
+def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
+  """Writes an 8/16-bit PNG atomically.
+
+  The image goes to `<path>.partial` first and is renamed over `path` when
+  complete, so `path` is either absent, the old file or the whole new one.
+  """
+  path = os.fspath(path)
+  partial = path + PARTIAL_SUFFIX
+  with open(partial, 'wb') as f:
+    f.write(encode_png(image))
+  os.replace(partial, path)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+  """uint8/uint16 -> float32 in [0, 1]; floats pass through as float32."""
+  if image.dtype == np.uint8:
+    return image.astype(np.float32) / 255.0
+  if image.dtype == np.uint16:
+    return image.astype(np.float32) / 65535.0
+  return image.astype(np.float32)

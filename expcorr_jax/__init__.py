@@ -1,0 +1,1 @@
+"""expcorr_jax: exposure correction (UEC, RECNet, ERL) in JAX/Flax."""

@@ -1,0 +1,108 @@
+"""Checkpoints: train state, data-iterator state and config saved together.
+
+Orbax writes each step to a temporary directory and renames it when complete,
+so a crash mid-save never corrupts the latest good checkpoint; restoring picks
+the latest complete step. The grain iterator state is saved beside the train
+state so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+import os
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+
+
+def create_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=('state', 'data', 'config'))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         data_iterator: Any, config: ml_collections.ConfigDict) -> None:
+  """Saves the train state, data-iterator state and config at `step`."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  manager.wait_until_finished()
+  logging.info('Saved checkpoint at step %d in %s.', step, manager.directory)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   data_iterator: Any) -> tuple[int | None, Any]:
+  """Restores the latest checkpoint into `data_iterator`; returns step, state.
+
+  Returns (None, None) when the workdir holds no checkpoint yet.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None, None
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f'Checkpoint {step} in {manager.directory} does not fit this config '
+        f'({type(e).__name__}: {e}). Use a fresh --workdir, or the config '
+        'the checkpoint was trained with (saved beside it as config).') from e
+  logging.info('Restored checkpoint at step %d from %s.', step,
+               manager.directory)
+  return step, restored.state
+
+
+def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
+  """ShapeDtypeStructs with the target sharding, for restoring in place."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      state)
+
+
+def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
+  """Params, config and step of a training checkpoint, for inference.
+
+  Args:
+    path: a training workdir, its `checkpoints/` folder, or one step's folder
+      (`.../checkpoints/<step>`); a workdir or folder means its latest step.
+
+  Returns:
+    (params as numpy arrays, the training config as a dict, the step).
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  step = None
+  if os.path.basename(path).isdigit() and os.path.isdir(
+      os.path.join(path, 'state')):
+    step = int(os.path.basename(path))
+    directory = os.path.dirname(path)
+  elif os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+    directory = os.path.join(path, CHECKPOINT_SUBDIR)
+  else:
+    directory = path
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoint at {path}: give a training '
+                            'workdir, its checkpoints/ folder or a step folder.')
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_names=('state', 'config'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No complete checkpoint in {directory}: train '
+                            'first, or give the path of a finished one.')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+  manager.close()
+  params = jax.tree.map(np.asarray, restored.state['params'])
+  return params, dict(restored.config), step

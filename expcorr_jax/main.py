@@ -1,0 +1,48 @@
+r"""Trains and evaluates an exposure-correction model from a config file.
+
+  python -m expcorr_jax.main --config=configs/uec.py --workdir=/tmp/uec
+
+Rerunning the same command resumes from the latest checkpoint in the workdir.
+"""
+
+import logging as python_logging
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from expcorr_jax import train
+
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Where checkpoints and summaries go.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config file, e.g. configs/uec.py[:runlocal].',
+    lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+# Libraries whose INFO lines drown the training log (every checkpoint write
+# is ~40 lines of orbax): their INFO is dropped, warnings still show.
+_QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/etils/')
+
+
+class _QuietLibraries(python_logging.Filter):
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return (record.levelno >= python_logging.WARNING or
+            not any(part in record.pathname for part in _QUIET_LIBRARIES))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Networks, one module per method (chosen by config name)."""

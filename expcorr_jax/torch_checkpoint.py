@@ -1,0 +1,267 @@
+"""Reads official PyTorch `.pth` checkpoints without PyTorch, safely.
+
+The official UEC and RECNet weights ship as `torch.save` zip archives: a pickle
+(`<archive>/data.pkl`) that describes the tensors, and one raw little-endian
+storage per tensor (`<archive>/data/<key>`). Pickle can call any importable
+function, so an untrusted checkpoint must never go through plain
+`pickle.load`. This module unpickles with an allow-list: only the handful of
+globals that tensor rebuilding needs resolve (to local stand-ins that build
+numpy arrays, never to torch itself), and any other global aborts the load
+before anything is called.
+
+Typical use:
+
+  state = load_state_dict('radiometry.pth')  # {'name': np.ndarray}
+"""
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+__all__ = [
+    'CheckpointFormatError',
+    'UnsafeCheckpointError',
+    'load_state_dict',
+]
+
+
+class CheckpointFormatError(ValueError):
+  """The file is not a checkpoint this reader understands."""
+
+
+class UnsafeCheckpointError(CheckpointFormatError):
+  """The checkpoint's pickle references a global outside the allow-list."""
+
+
+# torch storage class name -> numpy dtype of its elements.
+_STORAGE_DTYPES = {
+    'DoubleStorage': np.dtype(np.float64),
+    'FloatStorage': np.dtype(np.float32),
+    'HalfStorage': np.dtype(np.float16),
+    'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
+    'LongStorage': np.dtype(np.int64),
+    'IntStorage': np.dtype(np.int32),
+    'ShortStorage': np.dtype(np.int16),
+    'CharStorage': np.dtype(np.int8),
+    'ByteStorage': np.dtype(np.uint8),
+    'BoolStorage': np.dtype(np.bool_),
+    # Untyped storages hold bytes; a tensor over one is uint8 in torch too.
+    'UntypedStorage': np.dtype(np.uint8),
+}
+
+
+class _StorageType:
+  """Stand-in for a torch storage class: only carries the element dtype."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.dtype = _STORAGE_DTYPES[name]
+
+  def __repr__(self):
+    return f'_StorageType({self.name})'
+
+
+class _Storage:
+  """A storage read from the archive: a flat array plus where it came from."""
+
+  def __init__(self, key: str, array: np.ndarray):
+    self.key = key
+    self.array = array
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
+  """Rebuilds a tensor view (offset, size, stride) of a storage as a copy.
+
+  Mirrors `torch._utils._rebuild_tensor_v2(storage, storage_offset, size,
+  stride, requires_grad, backward_hooks, metadata=None)`; the last arguments
+  only matter to autograd and are ignored. Every element the view touches is
+  checked to lie inside the storage before numpy reads it.
+  """
+  if not isinstance(storage, _Storage):
+    raise CheckpointFormatError(
+        f'tensor storage is a {type(storage).__name__}, expected a storage '
+        'record from the archive')
+  try:
+    offset = int(storage_offset)
+    shape = tuple(int(s) for s in size)
+    strides = tuple(int(s) for s in stride)
+  except (TypeError, ValueError) as e:
+    raise CheckpointFormatError(f'bad tensor geometry: {e}') from e
+  flat = storage.array
+  if len(shape) != len(strides):
+    raise CheckpointFormatError(
+        f'storage {storage.key}: size {shape} and stride {strides} differ '
+        'in length')
+  if offset < 0 or any(s < 0 for s in shape) or any(s < 0 for s in strides):
+    raise CheckpointFormatError(
+        f'storage {storage.key}: negative offset, size or stride '
+        f'(offset {offset}, size {shape}, stride {strides})')
+  if 0 in shape:
+    return np.zeros(shape, flat.dtype)
+  last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+  if last >= flat.size:
+    raise CheckpointFormatError(
+        f'storage {storage.key}: a tensor of size {shape}, stride {strides}, '
+        f'offset {offset} reads element {last} of a storage of {flat.size}')
+  view = np.lib.stride_tricks.as_strided(
+      flat[offset:], shape=shape,
+      strides=tuple(s * flat.itemsize for s in strides), writeable=False)
+  return np.array(view, order='C', copy=True)
+
+
+def _rebuild_parameter(data, *unused_args):
+  """Stand-in for `torch._utils._rebuild_parameter`: a Parameter is its data."""
+  if not isinstance(data, np.ndarray):
+    raise CheckpointFormatError('a parameter must wrap a tensor')
+  return data
+
+
+def _fresh(fn):
+  """A new function object per lookup, so BUILD can't alter shared state."""
+  return lambda *args: fn(*args)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler that resolves only tensor-rebuilding globals and storages."""
+
+  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str,
+               path: str, byteorder: str):
+    super().__init__(io.BytesIO(data))
+    self._archive = archive
+    self._prefix = prefix
+    self._path = path
+    self._byteorder = byteorder
+    self._storages: dict[str, _Storage] = {}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module == 'collections' and name == 'OrderedDict':
+      return _fresh(collections.OrderedDict)
+    if module == 'torch._utils' and name == '_rebuild_tensor_v2':
+      return _fresh(_rebuild_tensor)
+    if module == 'torch._utils' and name == '_rebuild_parameter':
+      return _fresh(_rebuild_parameter)
+    if module in ('torch', 'torch.storage') and name in _STORAGE_DTYPES:
+      return _StorageType(name)
+    raise UnsafeCheckpointError(
+        f'{self._path} references global {module}.{name}, refusing to load; '
+        'only tensor data is allowed')
+
+  def persistent_load(self, pid: Any) -> _Storage:
+    if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != 'storage'
+        or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str)):
+      raise CheckpointFormatError(
+          f'{self._path}: unsupported persistent id {pid!r}; only storages '
+          'are allowed')
+    storage_type, key = pid[1], pid[2]
+    if key in self._storages:
+      return self._storages[key]
+    member = f'{self._prefix}data/{key}'
+    try:
+      raw = self._archive.read(member)
+    except KeyError as e:
+      raise CheckpointFormatError(
+          f'{self._path}: storage {member} is missing from the archive') from e
+    dtype = storage_type.dtype
+    if len(raw) % dtype.itemsize:
+      raise CheckpointFormatError(
+          f'{self._path}: storage {member} has {len(raw)} bytes, not a '
+          f'multiple of {dtype.itemsize} ({storage_type.name})')
+    order = '<' if self._byteorder == 'little' else '>'
+    array = np.frombuffer(raw, dtype.newbyteorder(order))
+    array = array.astype(dtype.newbyteorder('='), copy=False)
+    self._storages[key] = _Storage(key, array)
+    return self._storages[key]
+
+
+def _archive_prefix(archive: zipfile.ZipFile, path: str) -> str:
+  """The folder (e.g. 'archive/') that holds data.pkl in a torch zip."""
+  pickles = [n for n in archive.namelist()
+             if n.endswith('/data.pkl') and n.count('/') == 1]
+  if len(pickles) != 1:
+    if any(n.endswith('/constants.pkl') for n in archive.namelist()):
+      raise CheckpointFormatError(
+          f'{path} is a TorchScript archive, not a state_dict; export the '
+          'weights with torch.save(model.state_dict(), path)')
+    raise CheckpointFormatError(
+        f'{path} is a zip file but not a torch.save checkpoint (expected one '
+        f'<archive>/data.pkl, found {len(pickles)})')
+  return pickles[0][:-len('data.pkl')]
+
+
+def _unwrap(obj: Any, path: str) -> dict[str, np.ndarray]:
+  """Finds the state_dict in what the pickle held and checks its values."""
+  if isinstance(obj, dict):
+    for wrapper in ('state_dict', 'model'):
+      if isinstance(obj.get(wrapper), dict):
+        obj = obj[wrapper]
+        break
+  if not isinstance(obj, dict):
+    raise CheckpointFormatError(
+        f'{path} holds a {type(obj).__name__}, not a state_dict')
+  bad = [k for k, v in obj.items()
+         if not isinstance(k, str) or not isinstance(v, np.ndarray)]
+  if bad:
+    raise CheckpointFormatError(
+        f'{path}: entries {bad[:5]} are not named tensors; expected a '
+        'state_dict of tensors')
+  state = dict(obj)
+  if state and all(k.startswith('module.') for k in state):
+    state = {k[len('module.'):]: v for k, v in state.items()}
+  return state
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Loads the tensors of a PyTorch zip checkpoint as numpy arrays.
+
+  Accepts a plain state_dict or a dict wrapping one under 'state_dict' or
+  'model', and strips the 'module.' prefix that DataParallel adds.
+
+  Args:
+    path: a `.pth` written by `torch.save` (zip format, torch >= 1.6).
+
+  Returns:
+    Parameter name -> array with the tensor's dtype and shape (a fresh,
+    C-contiguous copy; non-contiguous tensors come back materialised).
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    UnsafeCheckpointError: the pickle names any global other than those that
+      rebuild tensors (nothing it names is ever called).
+    CheckpointFormatError: not a zip checkpoint (e.g. the legacy format),
+      corrupt storages, or content that is not a state_dict.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'checkpoint {path} does not exist')
+  if not zipfile.is_zipfile(path):
+    with open(path, 'rb') as f:
+      head = f.read(2)
+    if head[:1] == b'\x80':
+      raise CheckpointFormatError(
+          f'{path} uses the legacy (pre-1.6, non-zip) torch.save format, '
+          'which is unsupported; re-save it with a recent PyTorch: '
+          'torch.save(torch.load(path), new_path)')
+    raise CheckpointFormatError(
+        f'{path} is not a PyTorch zip checkpoint (.pth written by torch.save)')
+  with zipfile.ZipFile(path) as archive:
+    prefix = _archive_prefix(archive, path)
+    byteorder = 'little'
+    if f'{prefix}byteorder' in archive.namelist():
+      byteorder = archive.read(f'{prefix}byteorder').decode().strip()
+      if byteorder not in ('little', 'big'):
+        raise CheckpointFormatError(f'{path}: unknown byteorder {byteorder!r}')
+    unpickler = _RestrictedUnpickler(
+        archive.read(f'{prefix}data.pkl'), archive, prefix, path, byteorder)
+    try:
+      obj = unpickler.load()
+    except CheckpointFormatError:
+      raise
+    except Exception as e:  # Malformed pickles raise many types.
+      raise CheckpointFormatError(f'{path}: cannot unpickle: {e}') from e
+  return _unwrap(obj, path)

@@ -1,0 +1,312 @@
+"""The training loop: data-parallel over a device mesh, resumable, preemptible.
+
+One jitted train step with explicit shardings: the batch is split over the
+mesh's 'data' axis, parameters and optimiser state are replicated; XLA inserts
+the gradient all-reduce. Each process feeds its own slice of the global batch
+(`jax.make_array_from_process_local_data`), so the same code runs on one CPU,
+one GPU, or a multi-host TPU slice.
+
+Robustness:
+- Rerunning with the same workdir resumes from the latest checkpoint (train
+  state, data-iterator state, config), ending with exactly the params of an
+  uninterrupted run.
+- SIGTERM (preemption) saves a checkpoint at the current step, then returns.
+- A non-finite loss never reaches the parameters (the step keeps the old
+  state) and stops the run with an error naming the step; no checkpoint is
+  written after it, so the last good one stays intact.
+"""
+
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from expcorr_jax import checkpointing
+from expcorr_jax import evaluation
+from expcorr_jax import input_pipeline
+from expcorr_jax import summary_writer
+from expcorr_jax import uec_task
+
+P = jax.sharding.PartitionSpec
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def method_module(name: str):
+  """The task module of a method (model, loss, sampler, evaluation)."""
+  if name == 'uec':
+    return uec_task
+  raise ValueError(f'Unknown model {name!r} in config.model; this version '
+                   "trains 'uec'.")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, naming the bad value and the fix."""
+  positive = {
+      'batch_size': config.batch_size,
+      'num_train_steps': config.num_train_steps,
+      'log_every_steps': config.log_every_steps,
+      'eval_every_steps': config.eval_every_steps,
+      'checkpoint_every_steps': config.checkpoint_every_steps,
+      'keep_checkpoints': config.keep_checkpoints,
+  }
+  for name, value in positive.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f'config.{name} must be a positive integer, got '
+                       f'{value!r}.')
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError('config.optimizer.learning_rate must be positive.')
+  if config.data.crop_size is not None and config.data.crop_size < 16:
+    raise ValueError('config.data.crop_size must be at least 16 (or None).')
+  if config.batch_size % jax.device_count():
+    raise ValueError(
+        f'config.batch_size={config.batch_size} must be divisible by the '
+        f'{jax.device_count()} devices so each gets an equal share.')
+  method_module(config.model).validate_config(config)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return jax.sharding.Mesh(devices, ('data',))
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  return optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1,
+                    b2=config.optimizer.b2)
+
+
+def to_float(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """uint8/uint16 images -> float32 in [0, 1], on the device."""
+  def convert(x):
+    if x.dtype == jnp.uint8:
+      return x.astype(jnp.float32) / 255.0
+    if x.dtype == jnp.uint16:
+      return x.astype(jnp.float32) / 65535.0
+    return x
+  return {k: convert(v) for k, v in batch.items()}
+
+
+def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh
+                    ) -> Callable:
+  """The jitted step (state, batch) -> (state, metrics) over `mesh`."""
+  task = method_module(config.model)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  data = jax.sharding.NamedSharding(mesh, P('data'))
+
+  def step(state: TrainState, batch):
+    batch = to_float(batch)
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: task.loss_fn(model, p, batch, config), has_aux=True)(
+            state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    new_state = TrainState(step=state.step + 1, params=params,
+                           opt_state=opt_state)
+    # A non-finite loss leaves the state untouched (the host then stops).
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             new_state, state)
+    metrics = dict(metrics, finite=finite)
+    return new_state, metrics
+
+  return jax.jit(step, in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_global_batch(local_batch: dict[str, np.ndarray],
+                      mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Numeric arrays of this process's batch slice -> global sharded arrays."""
+  data = jax.sharding.NamedSharding(mesh, P('data'))
+  return {k: jax.make_array_from_process_local_data(data, v)
+          for k, v in local_batch.items() if v.dtype.kind in 'uif'}
+
+
+def init_state(model, config, optimizer, mesh) -> TrainState:
+  task = method_module(config.model)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+
+  def init(rng):
+    params = task.init_params(model, config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+  return jax.jit(init, out_shardings=replicated)(
+      jax.random.key(config.seed))
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop saves and returns when it sees it."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint, then exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(pending: list[tuple[int, dict]]) -> None:
+  for step, metrics in pending:
+    if not bool(metrics['finite']):
+      raise FloatingPointError(
+          f'Non-finite loss at step {step}: training stopped and the update '
+          'was not applied; the last checkpoint (before this step) is intact. '
+          'Lower the learning rate or check the data.')
+
+
+def _log_metrics(writer, step: int, pending: list[tuple[int, dict]],
+                 num_steps: int, seconds: float, batch_size: int) -> None:
+  fetched = jax.device_get([m for _, m in pending])
+  means = {k: float(np.mean([m[k] for m in fetched]))
+           for k in fetched[0] if k != 'finite'}
+  steps_per_s = len(pending) / max(seconds, 1e-9)
+  means['steps_per_second'] = steps_per_s
+  means['images_per_second'] = steps_per_s * batch_size
+  writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+  eta = (num_steps - step) / max(steps_per_s, 1e-9)
+  logging.info('step %d/%d  %s  %.2f steps/s  eta %.0fs', step, num_steps,
+               '  '.join(f'{k}={v:.5g}' for k, v in means.items()
+                         if 'second' not in k), steps_per_s, eta)
+
+
+def run_evaluation(task, model, params, config, workdir: str, step: int,
+                   eval_pairs_source, reference, writer) -> dict:
+  """Evaluates, writes JSON, a log table, summaries and an image grid."""
+  start = time.time()
+  pairs = input_pipeline.iterate_eval_pairs(eval_pairs_source,
+                                            limit=config.eval.max_images)
+  report, grid_rows = evaluation.evaluate(
+      pairs,
+      lambda pair, protocol: task.eval_pair(model, params, pair, reference,
+                                            protocol),
+      config.eval.protocols, num_grid_images=config.eval.num_grid_images,
+      grid_reference=reference)
+  path = os.path.join(workdir, f'eval_step_{step}.json')
+  if jax.process_index() == 0:
+    evaluation.write_report(report, path, step=step, model=config.model,
+                            dataset=config.data.name,
+                            split=config.data.eval_split)
+  logging.info('Evaluation at step %d (%.1fs), written to %s:\n%s', step,
+               time.time() - start, path, evaluation.format_table(report))
+  scalars = {}
+  for protocol, result in report.items():
+    for name in ('psnr', 'ssim', 'identity_psnr', 'identity_ssim'):
+      scalars[f'eval_{protocol}/{name}'] = result['all'][name]
+  writer.write_scalars(step, scalars)
+  if grid_rows:
+    grid = evaluation.image_grid(grid_rows)
+    writer.write_images(step, {'eval/input_output_target_reference': grid})
+    if jax.process_index() == 0:
+      from data_prep import image_codec  # pylint: disable=g-import-not-at-top
+      image_codec.write_png(os.path.join(workdir, f'eval_grid_step_{step}.png'),
+                            grid)
+  writer.flush()
+  return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict | None:
+  """Trains `config.model` in `workdir`; returns the final eval report.
+
+  Returns None when preempted (SIGTERM) before the end.
+  """
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  task = method_module(config.model)
+
+  build.ensure_prepared(config.data.name, config.data.data_dir,
+                        config.data.manual_dir)
+  train_source = build.data_source(config.data.name, config.data.train_split,
+                                   config.data.data_dir)
+  eval_pairs = input_pipeline.SequencePairsSource(build.data_source(
+      config.data.name, config.data.eval_split, config.data.data_dir))
+
+  mesh = make_mesh()
+  model = task.create_model(config)
+  optimizer = make_optimizer(config)
+  state = init_state(model, config, optimizer, mesh)
+  train_step = make_train_step(model, config, optimizer, mesh)
+
+  loader = task.make_train_loader(
+      config, train_source, global_batch_size=config.batch_size,
+      seed=config.seed, worker_count=config.data.worker_count,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  iterator = iter(loader)
+
+  manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  restored_step, restored = checkpointing.restore_latest(
+      manager, checkpointing.abstract_like(state, replicated), iterator)
+  if restored is not None:
+    state = restored
+  step = int(jax.device_get(state.step))
+  writer = summary_writer.SummaryWriter(workdir)
+  if restored_step is None:
+    writer.write_text(0, {'config': f'```\n{config}\n```'})
+    logging.info('Training %s from scratch for %d steps in %s.', config.model,
+                 config.num_train_steps, workdir)
+  else:
+    logging.info('Resuming at step %d of %d.', step, config.num_train_steps)
+
+  reference = task.load_reference(config)
+  pending = []
+  last_log = time.time()
+  with _PreemptionFlag() as preemption:
+    while step < config.num_train_steps:
+      state, metrics = train_step(state, make_global_batch(next(iterator),
+                                                           mesh))
+      step += 1
+      pending.append((step, metrics))
+      log_now = (step % config.log_every_steps == 0 or
+                 step == config.num_train_steps)
+      save_now = (step % config.checkpoint_every_steps == 0 or
+                  step == config.num_train_steps or preemption.requested)
+      if log_now or save_now:
+        _check_finite(pending)
+      if log_now:
+        _log_metrics(writer, step, pending, config.num_train_steps,
+                     time.time() - last_log, config.batch_size)
+        pending, last_log = [], time.time()
+      if save_now:
+        checkpointing.save(manager, step, state, iterator, config)
+      if preemption.requested:
+        logging.warning('Preempted at step %d; rerun to resume.', step)
+        writer.close()
+        manager.close()
+        return None
+      if step % config.eval_every_steps == 0 and step < config.num_train_steps:
+        run_evaluation(task, model, state.params, config, workdir, step,
+                       eval_pairs, reference, writer)
+        last_log = time.time()  # Throughput counts training time only.
+  report = run_evaluation(task, model, state.params, config, workdir, step,
+                          eval_pairs, reference, writer)
+  writer.close()
+  manager.close()
+  return report

@@ -1,0 +1,50 @@
+"""Shared test set-up: simulated devices and the golden fixtures of ../shared.
+
+Sharding tests need several devices; on a CPU, XLA simulates them. The flag has
+to be set before JAX initialises its backend, hence here, at collection time.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO_ROOT.parent / 'shared' / 'fixtures'
+
+
+def _fixture_path(relative: str) -> pathlib.Path:
+  """Path of a golden fixture; fails under CI=true when missing, else skips."""
+  path = FIXTURES_DIR / relative
+  if not path.exists():
+    message = (f'Golden fixture {path} is missing: the shared fixtures must '
+               'sit at ../shared/fixtures beside the repository root.')
+    if os.environ.get('CI', '').lower() == 'true':
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture
+def shared_fixture():
+  """Returns a function mapping 'uec/radiometry.pth' to its path."""
+  return _fixture_path
+
+
+@pytest.fixture(scope='session')
+def sample_data_dir(tmp_path_factory):
+  """A TFDS data_dir holding the embedded sample, built once per test run.
+
+  The directory is shared by the xdist workers of one run (build.py's file
+  lock makes concurrent first builds wait for each other).
+  """
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  data_dir = root / 'sample_tfds'
+  build.ensure_prepared('multi_exposure/sample', str(data_dir))
+  return str(data_dir)

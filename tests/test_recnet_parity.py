@@ -1,0 +1,186 @@
+"""RECNet: parity with the official PyTorch network, and general semantics."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from expcorr_jax import torch_checkpoint
+from expcorr_jax.models import recnet
+
+TOL = 1e-5
+NAMES = ['output', 'mask', 'features_pre'] + [
+    f'features_block{i}' for i in range(1, 6)]
+
+
+@functools.lru_cache(maxsize=None)
+def _official(sd_path, golden_path):
+  sd = torch_checkpoint.load_state_dict(sd_path)
+  golden = dict(np.load(golden_path))
+  model = recnet.RECNet(**recnet.infer_config(sd))
+  params = recnet.params_from_torch(sd)
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  out = apply(params, jnp.asarray(golden['input']))
+  tensors = {'output': out.output, 'mask': out.mask,
+             'features_pre': out.features_pre}
+  for i, f in enumerate(out.block_features):
+    tensors[f'features_block{i + 1}'] = f
+  outputs = {k: np.asarray(v) for k, v in tensors.items()}
+  return sd, golden, apply, params, outputs
+
+
+@pytest.fixture
+def official(shared_fixture):
+  """(state_dict, golden, jitted apply, params, our outputs) for nc=8.
+
+  Loaded and run once per session (cached): the fixture paths come from the
+  function-scoped `shared_fixture`.
+  """
+  return _official(str(shared_fixture('recnet/recnet_random_nc8.pth')),
+                   str(shared_fixture('recnet/recnet_golden_nc8.npz')))
+
+
+def test_official_layout_and_config(official):
+  sd, _, _, params, _ = official
+  assert len(sd) == 229
+  assert sum(v.size for v in sd.values()) == 38975
+  assert recnet.infer_config(sd) == dict(nc=8, num_blocks=5, num_heads=2,
+                                         reduction=4, blur_size=31)
+  assert set(recnet.torch_key_layout()) == set(sd)
+  model = recnet.RECNet()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 8, 8, 3)))['params']
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
+    assert s.shape == p.shape and p.dtype == jnp.float32
+  assert sum(p.size for p in jax.tree.leaves(params)) == 38975
+  # The swaps the fixture was built to catch.
+  blk = params['block_3']
+  np.testing.assert_allclose(blk['rin']['alpha'], 0.3, rtol=1e-6)
+  np.testing.assert_allclose(blk['mcsa']['temperature'], [0.7, 1.3], rtol=1e-6)
+  np.testing.assert_allclose(params['refine']['conv_out']['bias'], 0.5)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_parity(official, name):
+  golden, got = official[1], official[4][name]
+  assert got.shape == golden[name].shape
+  err = np.abs(got - golden[name]).max()
+  assert err <= TOL, f'{name}: max abs error {err:.3g}'
+
+
+def test_batch_permutation(official):
+  """Per-sample norms / attention: permuting the batch permutes outputs."""
+  _, golden, apply, params, ours = official
+  out = apply(params, jnp.asarray(golden['input'][::-1]))
+  np.testing.assert_allclose(np.asarray(out.output),
+                             ours['output'][::-1], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.mask),
+                             ours['mask'][::-1], atol=1e-6)
+
+
+def test_default_blur_kernel_is_official_init(official):
+  sd = official[0]
+  np.testing.assert_array_equal(
+      recnet.gaussian_kernel(31, 3.0),
+      sd['dualprocess.conv1.norm.blur.kernel'][0, 0])
+
+
+def test_rejects_missing_unexpected_and_misshapen(official):
+  sd = official[0]
+  missing = dict(sd)
+  del missing['dualprocess.conv2.mssa.project_in.bias']
+  with pytest.raises(ValueError, match='missing.*conv2.mssa.project_in.bias'):
+    recnet.params_from_torch(missing)
+  extra = dict(sd, **{'dualprocess.extra.weight': np.zeros(3, np.float32)})
+  with pytest.raises(ValueError, match='unexpected.*dualprocess.extra.weight'):
+    recnet.params_from_torch(extra)
+  wrong = dict(sd)
+  wrong['dualprocess.refine.conv_last.weight'] = np.zeros((3, 8, 5, 5),
+                                                          np.float32)
+  with pytest.raises(ValueError, match='wrong shapes.*conv_last.weight'):
+    recnet.params_from_torch(wrong)
+  with pytest.raises(ValueError, match='does not match'):
+    recnet.params_from_torch(sd, nc=16)
+  with pytest.raises(ValueError, match='not an official RECNet'):
+    recnet.params_from_torch({'foo': np.zeros(1)})
+
+
+def test_layout_inference_other_config():
+  """A state_dict of another width / depth / head count round-trips."""
+  config = dict(nc=12, num_blocks=3, num_heads=3, reduction=4, blur_size=31)
+  rng = np.random.default_rng(0)
+  sd = {k: rng.standard_normal(shape).astype(np.float32)
+        for k, (_, shape) in recnet.torch_key_layout(**config).items()}
+  assert recnet.infer_config(sd) == config
+  params = recnet.params_from_torch(sd)
+  shapes = jax.eval_shape(recnet.RECNet(**config).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 8, 8, 3)))['params']
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
+    assert s.shape == p.shape
+  # Torch OIHW -> Flax HWIO, grouped conv included.
+  w = sd['dualprocess.conv2.mssa.dwconv5x5_1.weight']  # (12, 2, 5, 5)
+  np.testing.assert_array_equal(params['block_2']['mcsa']['local_mix5']
+                                ['kernel'], w.transpose(2, 3, 1, 0))
+
+
+def _random_params(model, seed=0, scale=0.3):
+  """Random params of the model's shapes, drawn with numpy.
+
+  Cheaper than `model.init`, whose per-parameter threefry RNG takes long to
+  compile on a CPU; `test_init` covers init itself on a small model.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 8, 8, 3)))['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+
+
+def test_other_width_runs_at_odd_size():
+  model = recnet.RECNet(nc=16, num_blocks=3, num_heads=4)
+  params = _random_params(model)
+  assert set(params) == {'extract', 'mask_predictor', 'block_1', 'block_2',
+                         'block_3', 'merge', 'refine'}
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 37, 29, 3))
+  out = jax.jit(model.apply)({'params': params}, x)
+  assert out.output.shape == x.shape
+  assert out.mask.shape == (2, 37, 29, 1)
+  assert len(out.block_features) == 3
+  assert out.block_features[0].shape == (2, 37, 29, 16)
+  assert np.all(np.isfinite(out.output))
+  assert float(out.output.min()) >= 0.0 and float(out.output.max()) <= 1.0
+  assert float(out.mask.min()) >= 0.0 and float(out.mask.max()) <= 1.0
+
+
+def test_init_defaults():
+  """Torch-like init: U(+-1/sqrt(fan_in)), alpha 0.5, Gaussian blur, IN 1/0.
+
+  Checked on one RIN (the full model's init only differs in size; its
+  structure is covered above through eval_shape). An 'rbg' key keeps the
+  compile short: threefry RNG compiles slowly on a busy CPU.
+  """
+  x = jnp.zeros((1, 8, 8, 4))
+  params = jax.jit(recnet.RegionInstanceNorm(4).init)(
+      jax.random.key(0, impl='rbg'), x, x[..., :1])['params']
+  kernel = params['tail_0']['kernel']
+  assert kernel.shape == (3, 3, 4, 4) and 'bias' not in params['tail_0']
+  bound = 1.0 / np.sqrt(3 * 3 * 4)
+  assert 0.5 * bound < float(jnp.abs(kernel).max()) <= bound
+  fuse_bound = 1.0 / np.sqrt(8)
+  assert float(jnp.abs(params['fuse_1']['bias']).max()) <= fuse_bound
+  assert float(params['alpha']) == 0.5
+  np.testing.assert_array_equal(params['norm_scale'], np.ones(4))
+  np.testing.assert_array_equal(params['norm_bias'], np.zeros(4))
+  np.testing.assert_array_equal(params['blur_kernel'],
+                                recnet.gaussian_kernel(31, 3.0))
+
+
+def test_heads_must_divide_width():
+  with pytest.raises(ValueError, match='divisible'):
+    recnet.RECNet(nc=8, num_heads=3).init(jax.random.PRNGKey(0),
+                                          jnp.zeros((1, 8, 8, 3)))

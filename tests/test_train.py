@@ -1,0 +1,243 @@
+"""The training loop: sharding, resumption, preemption, non-finite losses.
+
+Runs the real `train_and_evaluate` on the embedded sample with a tiny config
+(32x32 crops, encoder height 32) so a run takes seconds on a CPU.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from expcorr_jax import checkpointing
+from expcorr_jax import train
+from expcorr_jax import uec_task
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_config_module():
+  spec = importlib.util.spec_from_file_location(
+      'uec_config', REPO_ROOT / 'configs' / 'uec.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(data_dir, num_train_steps=6):
+  config = _load_config_module().get_config('runlocal')
+  config.data.data_dir = data_dir
+  config.data.crop_size = 32
+  config.batch_size = 8
+  config.model_encoder_height = 32
+  config.num_train_steps = num_train_steps
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 1000
+  config.eval.max_images = 2
+  config.eval.protocols = ('full',)
+  config.eval.num_grid_images = 1
+  return config
+
+
+def _params(workdir):
+  params, _, step = checkpointing.load_params(workdir)
+  return params, step
+
+
+def _assert_trees_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _random_batch(batch_size=8, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+          for k in ('input', 'target', 'ref_lo', 'ref_hi')}
+
+
+def test_sharded_step_equals_single_device_step():
+  assert jax.device_count() == 8  # tests/conftest.py simulates 8 devices.
+  config = tiny_config(None)
+  model = uec_task.create_model(config)
+  # SGD keeps the update linear in the gradient, so the comparison measures
+  # the sharded computation itself; Adam's g / sqrt(v) would amplify float32
+  # rounding of near-zero gradient entries up to the learning rate.
+  optimizer = optax.sgd(0.5)
+  batch = _random_batch()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = train.make_mesh(devices)
+    state = train.init_state(model, config, optimizer, mesh)
+    step_fn = train.make_train_step(model, config, optimizer, mesh)
+    global_batch = train.make_global_batch(batch, mesh)
+    assert len(global_batch['input'].sharding.device_set) == len(devices)
+    for _ in range(3):
+      state, metrics = step_fn(state, global_batch)
+    kernel = state.params['corrector']['encoder']['kernel']
+    assert kernel.sharding.is_fully_replicated
+    results.append((jax.device_get(state.params), float(metrics['loss'])))
+  (single, loss_single), (sharded, loss_sharded) = results
+  # The only difference is the order of the cross-device sum of gradients,
+  # so the results agree to float32 rounding.
+  assert loss_sharded == pytest.approx(loss_single, rel=1e-6)
+  for x, y in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # ...and training moved the parameters well beyond that tolerance.
+  start = train.init_state(model, config, optimizer,
+                           train.make_mesh(jax.devices()[:1])).params
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(jax.device_get(start)), jax.tree.leaves(single)))
+  assert moved > 1e-4
+
+
+def test_training_outputs_equal_separate_passes():
+  config = tiny_config(None)
+  model = uec_task.create_model(config)
+  params = uec_task.init_params(model, config, jax.random.key(1))
+  batch = train.to_float(
+      {k: jnp.asarray(v) for k, v in _random_batch(2, 24, seed=3).items()})
+  from expcorr_jax.models import uec  # pylint: disable=g-import-not-at-top
+  apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
+  restored, out_lo, out_hi = apply(
+      batch['input'], batch['target'], batch['ref_lo'], batch['ref_hi'], 3,
+      method=uec.UEC.training_outputs)
+  np.testing.assert_allclose(restored, apply(
+      batch['input'], batch['target'], 3, method=uec.UEC.multi_pass),
+                             atol=1e-6)
+  np.testing.assert_allclose(out_lo, apply(
+      batch['input'], batch['ref_lo'], method=uec.UEC.single_pass), atol=1e-6)
+  np.testing.assert_allclose(out_hi, apply(
+      batch['input'], batch['ref_hi'], method=uec.UEC.single_pass), atol=1e-6)
+
+
+def test_run_writes_checkpoints_summaries_and_evaluation(sample_data_dir,
+                                                         tmp_path):
+  config = tiny_config(sample_data_dir, num_train_steps=4)
+  report = train.train_and_evaluate(config, str(tmp_path))
+  assert set(report) == {'full'}
+  assert report['full']['all']['count'] == 2
+  saved = json.loads((tmp_path / 'eval_step_4.json').read_text())
+  assert saved['step'] == 4 and saved['results']['full']['all']['count'] == 2
+  assert (tmp_path / 'eval_grid_step_4.png').is_file()
+  assert list(tmp_path.glob('events.out.tfevents.*'))
+  _, step = _params(tmp_path)
+  assert step == 4
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
+def test_sigterm_saves_and_rerun_matches_uninterrupted(sample_data_dir,
+                                                      tmp_path, monkeypatch):
+  config = tiny_config(sample_data_dir)
+  uninterrupted = tmp_path / 'uninterrupted'
+  train.train_and_evaluate(config, str(uninterrupted))
+
+  preempted = tmp_path / 'preempted'
+  real_make_global_batch = train.make_global_batch
+  calls = []
+
+  def preempt_at_third_step(batch, mesh):
+    calls.append(1)
+    if len(calls) == 3:  # Preempted while step 3 runs.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_make_global_batch(batch, mesh)
+
+  monkeypatch.setattr(train, 'make_global_batch', preempt_at_third_step)
+  assert train.train_and_evaluate(config, str(preempted)) is None
+  _, step = _params(preempted)
+  assert step == 3  # Saved at the step it was preempted at, off schedule.
+  monkeypatch.undo()
+
+  train.train_and_evaluate(config, str(preempted))
+  final, step = _params(preempted)
+  expected, expected_step = _params(uninterrupted)
+  assert step == expected_step == 6
+  _assert_trees_equal(final, expected)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_params(sample_data_dir,
+                                                       tmp_path):
+  steps = 12
+  config = tiny_config(sample_data_dir, num_train_steps=steps)
+  uninterrupted = tmp_path / 'uninterrupted'
+  train.train_and_evaluate(config, str(uninterrupted))
+
+  killed = tmp_path / 'killed'
+  overrides = [
+      f'--config.data.data_dir={sample_data_dir}',
+      '--config.data.crop_size=32', '--config.batch_size=8',
+      '--config.model_encoder_height=32',
+      f'--config.num_train_steps={steps}', '--config.log_every_steps=2',
+      '--config.checkpoint_every_steps=2', '--config.eval_every_steps=1000',
+      '--config.eval.max_images=2', "--config.eval.protocols=('full',)",
+      '--config.eval.num_grid_images=1']
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'expcorr_jax.main',
+       f'--config={REPO_ROOT / "configs" / "uec.py"}:runlocal',
+       f'--workdir={killed}', *overrides],
+      cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while not (killed / 'checkpoints' / '4').is_dir():
+    assert process.poll() is None, process.stderr.read().decode()[-3000:]
+    assert time.time() < deadline, 'no checkpoint 4 within 240 s'
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)  # No chance to save: a hard kill.
+  process.wait()
+  _, step_at_kill = _params(killed)
+  assert 4 <= step_at_kill < steps
+
+  train.train_and_evaluate(config, str(killed))
+  final, step = _params(killed)
+  expected, _ = _params(uninterrupted)
+  assert step == steps
+  _assert_trees_equal(final, expected)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    sample_data_dir, tmp_path, monkeypatch):
+  config = tiny_config(sample_data_dir)
+  real_loss_fn = uec_task.loss_fn
+  real_make_global_batch = train.make_global_batch
+  calls = []
+
+  def loss_fn(model, params, batch, config):
+    loss, metrics = real_loss_fn(model, params, batch, config)
+    return loss + jnp.sum(batch['poison']), metrics
+
+  def poisoned_batch(batch, mesh):
+    calls.append(1)
+    poison = np.full((8,), np.nan if len(calls) == 3 else 0.0, np.float32)
+    return real_make_global_batch(dict(batch, poison=poison), mesh)
+
+  monkeypatch.setattr(uec_task, 'loss_fn', loss_fn)
+  monkeypatch.setattr(train, 'make_global_batch', poisoned_batch)
+  with pytest.raises(FloatingPointError, match='step 3'):
+    train.train_and_evaluate(config, str(tmp_path))
+  params, step = _params(tmp_path)
+  assert step == 2  # Nothing was saved after the bad step.
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 6, 'divisible by the 8 devices'),
+    ('num_train_steps', 0, 'num_train_steps must be a positive integer'),
+    ('model', 'unet', "Unknown model 'unet'"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  config = tiny_config(None)
+  setattr(config, field, value)
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config)
