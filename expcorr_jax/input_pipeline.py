@@ -207,6 +207,14 @@ def _match_size(target: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
                                                    Image.BICUBIC))
 
 
+def as_pairs(source, dataset_name: str):
+  """A dataset's records as pairs: multi-exposure ones are read as
+  (EV != 0 -> EV 0) pairs, paired datasets (msec, sice, lcdp) are already."""
+  if dataset_name.split('/')[0] == 'multi_exposure':
+    return SequencePairsSource(source)
+  return source
+
+
 @dataclasses.dataclass
 class PairedSample(grain.transforms.RandomMap):
   """Paired record -> cropped/flipped (input, target, ev, ev_tag)."""

@@ -50,8 +50,11 @@ def method_module(name: str):
   """The task module of a method (model, loss, sampler, evaluation)."""
   if name == 'uec':
     return uec_task
-  raise ValueError(f'Unknown model {name!r} in config.model; this version '
-                   "trains 'uec'.")
+  if name == 'recnet':
+    from expcorr_jax import recnet_task  # pylint: disable=g-import-not-at-top
+    return recnet_task
+  raise ValueError(f'Unknown model {name!r} in config.model; choose '
+                   "'uec' or 'recnet'.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -85,7 +88,15 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
-  return optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1,
+  """Adam; the learning rate is multiplied by `decay_factor` at each step of
+  `optimizer.decay_steps` (RECNet's MultiStep schedule), if any."""
+  learning_rate = config.optimizer.learning_rate
+  decay_steps = tuple(config.optimizer.get('decay_steps', ()))
+  if decay_steps:
+    learning_rate = optax.piecewise_constant_schedule(
+        learning_rate,
+        {int(step): config.optimizer.decay_factor for step in decay_steps})
+  return optax.adam(learning_rate, b1=config.optimizer.b1,
                     b2=config.optimizer.b2)
 
 
@@ -100,18 +111,24 @@ def to_float(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {k: convert(v) for k, v in batch.items()}
 
 
-def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh
-                    ) -> Callable:
-  """The jitted step (state, batch) -> (state, metrics) over `mesh`."""
+def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh,
+                    frozen: Any = None) -> Callable:
+  """The jitted step (state, batch) -> (state, metrics) over `mesh`.
+
+  `frozen` holds parameters the loss uses but never trains (VGG16 for
+  RECNet's contrastive term, a pretrained ERL module); it is placed on the
+  devices once, replicated, and passed to every step as an argument rather
+  than baked into the compiled program as a constant.
+  """
   task = method_module(config.model)
   replicated = jax.sharding.NamedSharding(mesh, P())
   data = jax.sharding.NamedSharding(mesh, P('data'))
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, frozen):
     batch = to_float(batch)
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: task.loss_fn(model, p, batch, config), has_aux=True)(
-            state.params)
+        lambda p: task.loss_fn(model, p, batch, config, frozen),
+        has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
@@ -123,8 +140,10 @@ def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh
     metrics = dict(metrics, finite=finite)
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(replicated, data),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  jitted = jax.jit(step, in_shardings=(replicated, data, replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+  frozen = jax.device_put(frozen, replicated)
+  return lambda state, batch: jitted(state, batch, frozen)
 
 
 def make_global_batch(local_batch: dict[str, np.ndarray],
@@ -245,14 +264,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         config.data.manual_dir)
   train_source = build.data_source(config.data.name, config.data.train_split,
                                    config.data.data_dir)
-  eval_pairs = input_pipeline.SequencePairsSource(build.data_source(
-      config.data.name, config.data.eval_split, config.data.data_dir))
+  eval_pairs = input_pipeline.as_pairs(
+      build.data_source(config.data.name, config.data.eval_split,
+                        config.data.data_dir), config.data.name)
 
   mesh = make_mesh()
   model = task.create_model(config)
   optimizer = make_optimizer(config)
   state = init_state(model, config, optimizer, mesh)
-  train_step = make_train_step(model, config, optimizer, mesh)
+  train_step = make_train_step(model, config, optimizer, mesh,
+                               frozen=task.load_frozen(config))
 
   loader = task.make_train_loader(
       config, train_source, global_batch_size=config.batch_size,

@@ -50,6 +50,12 @@ def init_params(model: uec.UEC, config: ml_collections.ConfigDict,
 
 
 def make_train_loader(config, train_source, **loader_kwargs):
+  if not config.data.name.startswith('multi_exposure'):
+    raise ValueError(
+        f'UEC trains on multi-exposure sequences, not {config.data.name!r}: '
+        "set config.data.name to 'multi_exposure/sample', "
+        "'multi_exposure/raw' (with data.manual_dir) or another "
+        'multi_exposure config.')
   return input_pipeline.uec_train_loader(
       train_source, crop_size=config.data.crop_size, flip=config.data.flip,
       **loader_kwargs)
@@ -62,9 +68,15 @@ def total_variation(images: jax.Array) -> jax.Array:
   return jnp.mean(dy**2) + jnp.mean(dx**2)
 
 
+def load_frozen(config: ml_collections.ConfigDict) -> None:
+  """UEC's loss uses no frozen parameters."""
+  del config
+
+
 def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict):
+            config: ml_collections.ConfigDict, frozen: None = None):
   """Returns (loss, metrics) for a float batch from the UEC sampler."""
+  del frozen
   restored, out_lo, out_hi = model.apply(
       {'params': params}, batch['input'], batch['target'], batch['ref_lo'],
       batch['ref_hi'], config.loss.num_passes,

@@ -213,8 +213,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   real_make_global_batch = train.make_global_batch
   calls = []
 
-  def loss_fn(model, params, batch, config):
-    loss, metrics = real_loss_fn(model, params, batch, config)
+  def loss_fn(model, params, batch, config, frozen=None):
+    loss, metrics = real_loss_fn(model, params, batch, config, frozen)
     return loss + jnp.sum(batch['poison']), metrics
 
   def poisoned_batch(batch, mesh):
