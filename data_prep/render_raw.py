@@ -36,6 +36,7 @@ import numpy as np
 import tqdm
 
 from data_prep import camera_tags
+from data_prep import cli
 from data_prep import ev_tags
 from data_prep import image_codec
 from data_prep import raw_render
@@ -419,13 +420,7 @@ def main(argv: Sequence[str],
 
 def run(args: Sequence[str]) -> int:
   """Parses CLI `args` (no program name) into fresh flags and runs `main`."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    argv = fv(['render_raw', *args])
-  except flags.Error as e:
-    raise app.UsageError(str(e)) from e
-  return main(argv, fv)
+  return cli.run('render_raw', define_flags, main, args)
 
 
 if __name__ == '__main__':

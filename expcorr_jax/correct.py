@@ -42,6 +42,7 @@ import jax
 import numpy as np
 import tqdm
 
+from data_prep import cli
 from data_prep import image_codec
 from expcorr_jax import inference
 
@@ -306,13 +307,7 @@ def main(argv: Sequence[str],
 
 def run(args: Sequence[str]) -> int:
   """Parses CLI `args` (no program name) into fresh flags and runs `main`."""
-  fv = flags.FlagValues()
-  define_flags(fv)
-  try:
-    argv = fv(['correct', *args])
-  except flags.Error as e:
-    raise app.UsageError(str(e)) from e
-  return main(argv, fv)
+  return cli.run('correct', define_flags, main, args)
 
 
 if __name__ == '__main__':
