@@ -53,8 +53,11 @@ def method_module(name: str):
   if name == 'recnet':
     from expcorr_jax import recnet_task  # pylint: disable=g-import-not-at-top
     return recnet_task
+  if name in ('erl_autoencoder', 'erl_bcm'):
+    from expcorr_jax import erl_task  # pylint: disable=g-import-not-at-top
+    return erl_task
   raise ValueError(f'Unknown model {name!r} in config.model; choose '
-                   "'uec' or 'recnet'.")
+                   "'uec', 'recnet', 'erl_autoencoder' or 'erl_bcm'.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -214,7 +217,8 @@ def _log_metrics(writer, step: int, pending: list[tuple[int, dict]],
 
 
 def run_evaluation(task, model, params, config, workdir: str, step: int,
-                   eval_pairs_source, reference, writer) -> dict:
+                   eval_pairs_source, reference, writer,
+                   frozen: Any = None) -> dict:
   """Evaluates, writes JSON, a log table, summaries and an image grid."""
   start = time.time()
   pairs = input_pipeline.iterate_eval_pairs(eval_pairs_source,
@@ -222,7 +226,7 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
   report, grid_rows = evaluation.evaluate(
       pairs,
       lambda pair, protocol: task.eval_pair(model, params, pair, reference,
-                                            protocol),
+                                            protocol, frozen=frozen),
       config.eval.protocols, num_grid_images=config.eval.num_grid_images,
       grid_reference=reference)
   path = os.path.join(workdir, f'eval_step_{step}.json')
@@ -272,8 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = task.create_model(config)
   optimizer = make_optimizer(config)
   state = init_state(model, config, optimizer, mesh)
-  train_step = make_train_step(model, config, optimizer, mesh,
-                               frozen=task.load_frozen(config))
+  frozen = task.load_frozen(config)
+  train_step = make_train_step(model, config, optimizer, mesh, frozen=frozen)
 
   loader = task.make_train_loader(
       config, train_source, global_batch_size=config.batch_size,
@@ -324,10 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return None
       if step % config.eval_every_steps == 0 and step < config.num_train_steps:
         run_evaluation(task, model, state.params, config, workdir, step,
-                       eval_pairs, reference, writer)
+                       eval_pairs, reference, writer, frozen)
         last_log = time.time()  # Throughput counts training time only.
   report = run_evaluation(task, model, state.params, config, workdir, step,
-                          eval_pairs, reference, writer)
+                          eval_pairs, reference, writer, frozen)
   writer.close()
   manager.close()
   return report

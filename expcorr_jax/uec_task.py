@@ -118,9 +118,11 @@ def _jitted_correct(model: uec.UEC, num_passes: int):
 
 
 def eval_pair(model: uec.UEC, params: Any, pair: input_pipeline.EvalPair,
-              reference: np.ndarray, protocol: str,
-              num_passes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              reference: np.ndarray, protocol: str, num_passes: int = 3,
+              frozen: None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Corrects one pair under `protocol`; returns uint8 (input, output, target)."""
+  del frozen  # UEC's evaluation needs no frozen parameters.
   correct = _jitted_correct(model, num_passes)
   if protocol == 'full':
     image_in = pair.input

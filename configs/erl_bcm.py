@@ -1,0 +1,97 @@
+r"""ERL stage 2: the batch-correlation module's transformer t_e.
+
+Loads the frozen f_e, f_d of a stage-1 run (configs/erl_autoencoder.py) and
+trains the transformer t_e, whose attention runs across the samples of a
+batch, plus the 1x1 fusion, with the paper's Fourier-phase pretext loss
+(Sec. 3.2, Eqs. 2-3) on normal-exposure images:
+
+  python -m expcorr_jax.main --config=configs/erl_bcm.py --workdir=/tmp/erl_bcm \
+      --config.erl.autoencoder_workdir=/tmp/erl_ae
+  # On a CPU, after the runlocal stage 1:
+  python -m expcorr_jax.main --config=configs/erl_bcm.py:runlocal \
+      --workdir=/tmp/erl_bcm_local --config.erl.autoencoder_workdir=/tmp/erl_ae_local
+
+Give autoencoder_workdir as an absolute path; a step folder
+(`<workdir>/checkpoints/<step>`) pins the stage-1 weights, which stage 3 reads
+again (`erl_task.load_bcm`).
+
+From the paper: features resized to 16x16, one token per sample, t_e a
+transformer encoder over the batch, I' = f_d(1x1([F, F'])), the phase loss,
+Adam betas (0.9, 0.99), "100 epochs". The project's choices: t_e's depth,
+heads and MLP width follow BatchFormer's layer (1 layer, 4 heads, MLP = token
+size); widths, learning rate, crops, batch and steps. loss.pretext='l1' is
+the paper's Table 2 ablation (pixel L1 instead of the phase loss).
+
+erl.batch_attention: with the batch split over devices, 'global' lets the
+whole batch attend to itself (as on the paper's single GPU), 'per_device'
+only each device's share.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the stage-2 config; `arg='runlocal'` shrinks it for a CPU."""
+  config = ml_collections.ConfigDict()
+  config.model = 'erl_bcm'
+  config.seed = 0
+
+  config.erl = ml_collections.ConfigDict()
+  # Must equal the stage-1 run's (checked when its checkpoint is loaded).
+  config.erl.features = 8
+  config.erl.encoder_layers = 3
+  config.erl.decoder_layers = 3
+  # t_e: tokens of token_size^2 * features = 2048 values per image.
+  config.erl.token_size = 16
+  config.erl.transformer_layers = 1
+  config.erl.num_heads = 4
+  config.erl.mlp_dim = ml_collections.FieldReference(None, field_type=int)
+  config.erl.batch_attention = 'global'  # Or 'per_device'.
+  config.erl.autoencoder_workdir = ml_collections.FieldReference(
+      None, field_type=str)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'multi_exposure/sample'
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  config.data.normal_ev = 0.0
+  config.data.crop_size = 256
+  config.data.flip = True
+  config.data.worker_count = 2
+
+  config.batch_size = 8
+  config.num_train_steps = 50_000
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.b1 = 0.9  # The paper's betas.
+  config.optimizer.b2 = 0.99
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.pretext = 'phase'  # Or 'l1' (the paper's Table 2 ablation).
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.protocols = ('reconstruction',)
+  config.eval.max_images = ml_collections.FieldReference(None, field_type=int)
+  config.eval.num_grid_images = 4
+
+  config.log_every_steps = 100
+  config.eval_every_steps = 5_000
+  config.checkpoint_every_steps = 1_000
+  config.keep_checkpoints = 3
+
+  if arg == 'runlocal':
+    config.erl.token_size = 8  # Tokens of 512: 16x fewer t_e params.
+    config.data.crop_size = 64
+    config.data.worker_count = 0
+    config.num_train_steps = 200
+    config.log_every_steps = 25
+    config.eval_every_steps = 100
+    config.checkpoint_every_steps = 100
+    config.eval.max_images = 8
+    config.optimizer.learning_rate = 1e-4
+  elif arg:
+    raise ValueError(f'Unknown config argument {arg!r}; use "runlocal" or none.')
+  return config
