@@ -72,9 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.crop_size = 128
     config.data.worker_count = 0
     config.batch_size = 4
-    config.num_train_steps = 300
+    config.num_train_steps = 200
     config.log_every_steps = 25
-    config.eval_every_steps = 150
+    config.eval_every_steps = 200  # Only the final evaluation.
     config.checkpoint_every_steps = 100
     config.optimizer.learning_rate = 1e-3
   elif arg:

@@ -23,8 +23,21 @@ Use:
 
 Images are NHWC float32 in [0, 1]; references NHWC of any size, one per image
 or a single one for the whole batch.
+
+Speed. The encoder works on 256-high copies, so nearly all the work is h at
+full resolution: 2 * (3*64 + 64*64 + 64*3) FLOPs per pixel and pass, ~27
+kFLOP per pixel for three passes, ~223 GFLOP for a 4K image. Computed layer by
+layer over the whole image (`pixel_tile='off'`, the straightforward way), every
+64-channel activation of a 4K image is a 2 GB array streamed through memory,
+and a CPU spends its time waiting for it. By default (`pixel_tile='auto'`) a
+CPU runs h and the blend tile by tile over the flattened pixels (`lax.map`),
+so the activations of a tile stay in the cache, which makes inference several
+times faster (benchmarks/uec_inference.py); other backends run the same
+formulation on the whole image at once. The results agree with the
+straightforward way to float32 rounding (~1e-7), gradients included.
 """
 
+import functools
 import os
 from typing import Any
 
@@ -39,6 +52,10 @@ Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 ENCODER_HEIGHT = 256
 NUM_PARAMS = 19388
+# Largest tile, in pixels, of the full-resolution corrector on a CPU: its
+# 64-channel activations (8192 x 64 float32, 2 MiB) stay in the L2/L3 cache.
+# Chosen with `benchmarks/uec_inference.py --tiles=...` (flat from ~2k to 16k).
+CPU_PIXEL_TILE = 8192
 
 
 def encoder_size(height: int, width: int,
@@ -157,6 +174,138 @@ class Corrector(nn.Module):
     return _dense(3, 64, self.precision, 'decoder')(x)
 
 
+def _pixel_tiling(num_pixels: int, max_tile: int) -> tuple[int, int]:
+  """(number of tiles, tile size) of equal tiles of about `max_tile` pixels.
+
+  Equal tiles, rounded up to a multiple of 8 pixels, pad the image by less
+  than 8 pixels per tile, where tiles of exactly `max_tile` could pad by
+  almost a whole tile.
+  """
+  num_tiles = _ceil_div(num_pixels, max_tile)
+  if num_tiles == 1:
+    return 1, num_pixels
+  tile = _ceil_div(_ceil_div(num_pixels, num_tiles), 8) * 8
+  return _ceil_div(num_pixels, tile), tile
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _matmul(x: Array, kernel: Array, precision, dtype) -> Array:
+  """x @ kernel, with operands cast to `dtype` (if any), accumulated in f32."""
+  if dtype is None:
+    return jnp.dot(x, kernel, precision=precision)
+  return jnp.dot(x.astype(dtype), kernel.astype(dtype), precision=precision,
+                 preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _first_layer(precision, pixels: Array, kernel: Array, bias: Array) -> Array:
+  """pixels (..., 3) @ kernel (3, C) + bias, as three multiply-adds.
+
+  Summed in the order that rounds as XLA's CPU matmul does (bit for bit on
+  the CPUs tested). The gradients are the matmul's, two small matmuls, which
+  autodiff of the multiply-adds would turn into six reductions over the
+  pixels.
+  """
+  del precision
+  return (pixels[..., 2:3] * kernel[2]
+          + (pixels[..., 1:2] * kernel[1] + pixels[..., 0:1] * kernel[0])
+          + bias)
+
+
+def _first_layer_fwd(precision, pixels, kernel, bias):
+  return _first_layer(precision, pixels, kernel, bias), (pixels, kernel)
+
+
+def _first_layer_bwd(precision, residuals, grad):
+  pixels, kernel = residuals
+  flat_pixels = pixels.reshape(-1, pixels.shape[-1])
+  flat_grad = grad.reshape(-1, grad.shape[-1])
+  return (jnp.dot(grad, kernel.T, precision=precision),
+          jnp.dot(flat_pixels.T, flat_grad, precision=precision),
+          jnp.sum(flat_grad, axis=0))
+
+
+_first_layer.defvjp(_first_layer_fwd, _first_layer_bwd)
+
+
+def _corrector_blends(params: dict[str, Any], pixels: Array,
+                      lams: tuple[Array, ...], precision,
+                      dtype) -> tuple[Array, ...]:
+  """clamp(lam * h(pixels) + (1 - lam) * pixels, 0, 1) for each lam.
+
+  The maths of `Corrector` then `UEC.correct_once`, for pixels (..., 3) and
+  lambdas that broadcast against them. The first layer, with only 3 inputs,
+  is three broadcast multiply-adds that XLA fuses with its bias and
+  activation, rather than a matmul whose 64-channel output makes one more
+  pass through memory (~1.3x faster on a CPU). Computing h once for several
+  lambdas is what training needs.
+  """
+  enc, mid, dec = params['encoder'], params['mid_conv'], params['decoder']
+  h = nn.leaky_relu(
+      _first_layer(precision, pixels, enc['kernel'], enc['bias']), 0.01)
+  h = nn.leaky_relu(_matmul(h, mid['kernel'], precision, dtype) + mid['bias'],
+                    0.01)
+  h = _matmul(h, dec['kernel'], precision, dtype) + dec['bias']
+  return tuple(jnp.clip(lam * h + (1 - lam) * pixels, 0, 1) for lam in lams)
+
+
+def tiled_blends(params: dict[str, Any], images: Array,
+                 lams: tuple[Array, ...], max_tile: int | None,
+                 precision=_HIGHEST, dtype=None) -> tuple[Array, ...]:
+  """One correction of `images` per lambda (each (batch,)), tile by tile.
+
+  The pixels of each image are flattened and cut into equal tiles of about
+  `max_tile` pixels (the last padded with zeros, whose outputs are dropped);
+  `lax.map` runs the corrector on one tile at a time, so that its 64-channel
+  activations never leave the cache. Tiles never straddle images, so an
+  image's result does not depend on the rest of the batch. max_tile=None
+  computes the whole batch at once. Differentiable; the backward pass also
+  runs tile by tile.
+
+  Args:
+    params: the `Corrector`'s params ('encoder', 'mid_conv', 'decoder').
+    images: (batch, height, width, 3).
+    lams: blend weights, each of shape (batch,).
+    max_tile: the most pixels per tile, or None for no tiling.
+    precision: matmul precision.
+    dtype: dtype of the matmul operands (e.g. bfloat16 on a GPU); None keeps
+      the images' dtype. Activations and accumulation stay float32.
+
+  Returns:
+    One array like `images` per lambda.
+  """
+  batch, height, width, channels = images.shape
+  num_pixels = height * width
+  pixels = images.reshape(batch, num_pixels, channels)
+  num_tiles, tile = _pixel_tiling(num_pixels, max_tile or num_pixels)
+  if max_tile is None or num_tiles * batch == 1:
+    outs = _corrector_blends(params, pixels,
+                             tuple(lam[:, None, None] for lam in lams),
+                             precision, dtype)
+    return tuple(out.reshape(images.shape) for out in outs)
+  padding = num_tiles * tile - num_pixels
+  if padding:
+    pixels = jnp.pad(pixels, ((0, 0), (0, padding), (0, 0)))
+  tiles = pixels.reshape(batch * num_tiles, tile, channels)
+  # Each tile lies in one image: its lambdas are that image's.
+  tile_lams = jnp.repeat(jnp.stack(lams, axis=-1), num_tiles, axis=0)
+
+  def one_tile(args):
+    tile_pixels, lam = args
+    return _corrector_blends(params, tile_pixels,
+                             tuple(lam[i] for i in range(len(lams))),
+                             precision, dtype)
+
+  if os.environ.get('UEC_REMAT') == '1':
+    one_tile = jax.checkpoint(one_tile)
+  outs = jax.lax.map(one_tile, (tiles, tile_lams))
+  return tuple(out.reshape(batch, num_tiles * tile, channels)[:, :num_pixels]
+               .reshape(images.shape) for out in outs)
+
+
 class UEC(nn.Module):
   """The full UEC network; see the module docstring for the maths.
 
@@ -164,9 +313,19 @@ class UEC(nn.Module):
     encoder_height: height the exposure encoder resizes to (256 officially).
     precision: matmul/conv precision; HIGHEST keeps GPU results at float32
       accuracy (TF32 would not match the checkpoints' reference outputs).
+    pixel_tile: how the full-resolution corrector runs: 'auto' (tiles of
+      CPU_PIXEL_TILE pixels when JAX's default backend is a CPU, the whole
+      image at once elsewhere), a positive int (tiles of at most that many
+      pixels), or 'off' (the straightforward layer-by-layer `Corrector` over
+      the whole image, the reference the others are tested against).
+    corrector_dtype: dtype of the corrector's matmul operands except with
+      pixel_tile='off'; None keeps float32. bfloat16 is for GPUs, where it
+      stays within 1/255 of float32 (check with the inference benchmark).
   """
   encoder_height: int = ENCODER_HEIGHT
   precision: Any = _HIGHEST
+  pixel_tile: int | str = 'auto'
+  corrector_dtype: Any = None
 
   def setup(self):
     self.image_encoder = ExposureEncoder(self.precision)
@@ -193,6 +352,8 @@ class UEC(nn.Module):
 
   def correct_once(self, images: Array, lam: Array) -> Array:
     """One correction: clamp(lambda * h(x) + (1 - lambda) * x, 0, 1)."""
+    if self._fast_path():
+      return self._blends(images, (lam,))[0]
     lam = lam[:, None, None, None]
     out = lam * self.corrector(images) + (1 - lam) * images
     return jnp.clip(out, 0, 1)
@@ -245,6 +406,16 @@ class UEC(nn.Module):
       self._check(images, references)
     size = self._size(images)
     features_input = self.encode(images, size)
+    if self._fast_path():  # All three first passes from one h(x), per tile.
+      features_target = self.encode(target, size)
+      lams = tuple(self.predictor(features_input, self.encode(r, size))
+                   for r in (ref_lo, ref_hi))
+      lams += (self.predictor(features_input, features_target),)
+      out_lo, out_hi, x = self._blends(images, lams)
+      for _ in range(num_passes - 1):
+        lam = self.predictor(self.encode(x, size), features_target)
+        x = self.correct_once(x, lam)
+      return x, out_lo, out_hi
     correction = self.corrector(images)
 
     def blend(lam):  # A pass on the input, reusing h(input).
@@ -259,6 +430,24 @@ class UEC(nn.Module):
       lam = self.predictor(self.encode(x, size), features_target)
       x = self.correct_once(x, lam)
     return x, out_lo, out_hi
+
+  def _fast_path(self) -> bool:
+    """Whether h runs through `tiled_blends` (not during init: no params)."""
+    if self.pixel_tile == 'off' or self.is_initializing():
+      return False
+    if self.pixel_tile != 'auto' and not (
+        isinstance(self.pixel_tile, int) and self.pixel_tile > 0):
+      raise ValueError(f"pixel_tile={self.pixel_tile!r}: use 'auto', 'off' "
+                       'or a positive number of pixels')
+    return True
+
+  def _blends(self, images: Array, lams: tuple[Array, ...]
+              ) -> tuple[Array, ...]:
+    max_tile = self.pixel_tile
+    if max_tile == 'auto':
+      max_tile = CPU_PIXEL_TILE if jax.default_backend() == 'cpu' else None
+    return tiled_blends(self.variables['params']['corrector'], images, lams,
+                        max_tile, self.precision, self.corrector_dtype)
 
   def _size(self, images: Array) -> tuple[int, int]:
     return encoder_size(images.shape[1], images.shape[2], self.encoder_height)
