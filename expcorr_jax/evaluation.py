@@ -1,19 +1,35 @@
-"""Evaluation metrics and reports: PSNR/SSIM per EV tag, JSON and a table.
+"""Evaluation metrics and reports: PSNR/SSIM/LPIPS per EV tag and group.
 
-Metrics are computed on uint8 RGB images, as the papers report them: PSNR on
-[0, 255]; SSIM with an 11x11 Gaussian window (sigma 1.5) on the three RGB
-channels, 'valid' windows only (scikit-image/MATLAB style; SSIM variants
-differ by up to ~0.01, so every report names the one it used). Every report
-also scores the identity baseline (the input itself as the output), the bar
-any corrector must clear.
+Metrics are computed on uint8 RGB images, as the papers report them:
+- PSNR on RGB [0, 255].
+- SSIM with an 11x11 Gaussian window (sigma 1.5), 'valid' windows only
+  (MATLAB / cv2.filter2D + [5:-5] crop style, which the RECNet and FECNet
+  evaluation code use), on the three RGB channels by default, or on the
+  grayscale image (BT.601 luma rounded to integers) where the protocol says so.
+  SSIM variants differ by up to ~0.01, so every report names the one each
+  protocol used.
+- LPIPS (VGG, v0.1 linear weights; see `lpips.py`) where the protocol asks.
+
+What a protocol measures is looked up by its name in `PROTOCOL_METRICS`
+(unknown names, e.g. UEC's 'full' and 'uec256', get RGB SSIM and no LPIPS):
+  'recnet':     RGB SSIM, LPIPS (RECNet's test code: stored resolution).
+  'enc_fecnet': grayscale SSIM (ENC / FECNet / ERL papers; inputs and targets
+                bilinearly resized up to a multiple of 4, see
+                `resize_to_multiple`).
+Every report also scores the identity baseline (the input itself as the
+output), the bar any corrector must clear, and summarises per EV tag, per
+exposure group ('under' / 'over', see `exposure_group`) and over 'all'.
 """
 
 import collections
+import dataclasses
+import functools
 import json
 import math
 import os
 from typing import Callable, Iterable
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +38,36 @@ from PIL import Image
 from expcorr_jax import input_pipeline
 from expcorr_jax import ssim as ssim_lib
 
-SSIM_VARIANT = 'gaussian11_sigma1.5_rgb_valid'
+SSIM_VARIANTS = {
+    'rgb': 'gaussian11_sigma1.5_rgb_valid',
+    'gray': 'gaussian11_sigma1.5_gray-bt601-rounded_valid',
+}
+SSIM_VARIANT = SSIM_VARIANTS['rgb']  # The default.
+GROUPS = ('under', 'over')
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolMetrics:
+  """How a protocol scores its uint8 images.
+
+  Attributes:
+    ssim_color: 'rgb' (SSIM averaged over the three channels) or 'gray'
+      (SSIM of the BT.601 luma).
+    lpips: whether to compute LPIPS-VGG (costly on a CPU: three VGG16 passes
+      per image at full resolution).
+  """
+  ssim_color: str = 'rgb'
+  lpips: bool = False
+
+
+PROTOCOL_METRICS = {
+    'recnet': ProtocolMetrics(ssim_color='rgb', lpips=True),
+    'enc_fecnet': ProtocolMetrics(ssim_color='gray', lpips=False),
+}
+
+
+def protocol_metrics(protocol: str) -> ProtocolMetrics:
+  return PROTOCOL_METRICS.get(protocol, ProtocolMetrics())
 
 
 def psnr(output: np.ndarray, target: np.ndarray) -> float:
@@ -31,53 +76,141 @@ def psnr(output: np.ndarray, target: np.ndarray) -> float:
   return float('inf') if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def to_gray(image: np.ndarray) -> np.ndarray:
+  """uint8 RGB -> uint8 luma, round(0.299 R + 0.587 G + 0.114 B) (BT.601)."""
+  luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  return np.clip(np.round(luma), 0, 255).astype(np.uint8)
+
+
 @jax.jit
 def _ssim_uint8(output, target):
   return ssim_lib.ssim(output.astype(jnp.float32), target.astype(jnp.float32),
                        max_val=255.0, padding='valid')
 
 
-def ssim(output: np.ndarray, target: np.ndarray) -> float:
+def ssim(output: np.ndarray, target: np.ndarray, color: str = 'rgb') -> float:
+  """SSIM of two uint8 RGB images; `color` 'rgb' or 'gray' (see module)."""
+  if color == 'gray':
+    output, target = to_gray(output), to_gray(target)
+  elif color != 'rgb':
+    raise ValueError(f"color must be 'rgb' or 'gray', got {color!r}")
   with jax.default_matmul_precision('highest'):
     return float(_ssim_uint8(output, target))
+
+
+def resize_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
+  """Float32 [0, 1] image resized UP to the next multiple of `multiple`.
+
+  As the ENC / FECNet loaders do it: the image is converted to float, each
+  side rounded up to a multiple of 4, and resized with cv2's bilinear filter
+  (INTER_LINEAR, half-pixel centres); sizes already a multiple are kept
+  unchanged.
+  """
+  if image.dtype == np.uint8:
+    image = image.astype(np.float32) / 255.0
+  elif image.dtype == np.uint16:
+    image = image.astype(np.float32) / 65535.0
+  else:
+    image = image.astype(np.float32)
+  height, width = image.shape[:2]
+  new_height = -(-height // multiple) * multiple
+  new_width = -(-width // multiple) * multiple
+  if (new_height, new_width) == (height, width):
+    return image
+  return cv2.resize(image, (new_width, new_height),
+                    interpolation=cv2.INTER_LINEAR)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Float [0, 1] (or uint16) -> uint8, rounded; uint8 passes through."""
+  if image.dtype == np.uint8:
+    return image
+  if image.dtype == np.uint16:
+    image = image.astype(np.float32) / 65535.0
+  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def exposure_group(tag: str) -> str | None:
+  """'under', 'over' or None (no group) for an EV tag, as the papers group.
+
+  MSEC (and multi-exposure pairs): negative EVs are under-exposed; 0 and
+  positive EVs are over-exposed (MSEC's convention: its EV 0 renders count
+  as over). SICE: 'low' / 'over'. Untagged inputs (LCDP) have no group.
+  """
+  from data_prep import ev_tags  # pylint: disable=g-import-not-at-top
+  if tag == 'low':
+    return 'under'
+  if tag == 'over':
+    return 'over'
+  try:
+    ev = ev_tags.tag_to_ev(tag)
+  except ValueError:
+    return None
+  return 'under' if ev < 0 else 'over'
+
+
+@functools.lru_cache(maxsize=1)
+def _lpips_metric():
+  from expcorr_jax import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  return lpips_lib.LPIPS()
 
 
 def _mean(values: list[float]) -> float:
   return float(np.mean(values)) if values else float('nan')
 
 
+def _summary(scores: dict[str, list[float]]) -> dict:
+  summary = {name: _mean(values) for name, values in scores.items()}
+  summary['count'] = len(scores['psnr'])
+  return summary
+
+
 def evaluate(pairs: Iterable[input_pipeline.EvalPair],
              correct: Callable[[input_pipeline.EvalPair, str],
                                tuple[np.ndarray, np.ndarray, np.ndarray]],
              protocols: Iterable[str], *, num_grid_images: int = 0,
-             grid_reference: np.ndarray | None = None) -> tuple[dict, list]:
+             grid_reference: np.ndarray | None = None,
+             lpips: bool | None = None) -> tuple[dict, list]:
   """Scores `correct` on every pair under each protocol.
 
   Args:
     pairs: evaluation pairs (input, target, EV tag).
     correct: (pair, protocol) -> uint8 (input, output, target) as the
       protocol defines them (resizing, rounding).
-    protocols: protocol names.
+    protocols: protocol names (see `PROTOCOL_METRICS`).
     num_grid_images: how many pairs to keep for an image grid.
     grid_reference: the reference image to show in the grid, if any.
+    lpips: None: LPIPS where the protocol asks for it; True / False: for
+      every protocol / for none.
 
   Returns:
     (report, grid_rows): the report maps protocol -> {'per_ev': {tag:
-    {psnr, ssim, identity_psnr, identity_ssim, count}}, 'all': {...}};
+    {psnr, ssim, identity_psnr, identity_ssim[, lpips, identity_lpips],
+    count}}, 'under': {...}, 'over': {...} (groups with members only),
+    'all': {...}, 'ssim_variant': str, 'lpips_variant': str or None};
     grid_rows are lists of images (input, output, target[, reference]).
   """
   protocols = list(protocols)
+  specs = {p: protocol_metrics(p) for p in protocols}
+  with_lpips = {p: specs[p].lpips if lpips is None else lpips
+                for p in protocols}
   scores = {p: collections.defaultdict(lambda: collections.defaultdict(list))
             for p in protocols}
   grid_rows = []
   for pair in pairs:
     for protocol in protocols:
       image_in, output, target = correct(pair, protocol)
+      color = specs[protocol].ssim_color
       by_tag = scores[protocol][pair.ev_tag]
       by_tag['psnr'].append(psnr(output, target))
-      by_tag['ssim'].append(ssim(output, target))
+      by_tag['ssim'].append(ssim(output, target, color))
       by_tag['identity_psnr'].append(psnr(image_in, target))
-      by_tag['identity_ssim'].append(ssim(image_in, target))
+      by_tag['identity_ssim'].append(ssim(image_in, target, color))
+      if with_lpips[protocol]:
+        distances = _lpips_metric()(np.stack([output, image_in]),
+                                    np.stack([target, target]))
+        by_tag['lpips'].append(float(distances[0]))
+        by_tag['identity_lpips'].append(float(distances[1]))
       if protocol == protocols[0] and len(grid_rows) < num_grid_images:
         row = [image_in, output, target]
         if grid_reference is not None:
@@ -85,17 +218,32 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
         grid_rows.append(row)
   report = {}
   for protocol, by_tag in scores.items():
-    per_ev = {}
-    every = collections.defaultdict(list)
+    result = {'per_ev': {}}
+    merged = {group: collections.defaultdict(list)
+              for group in GROUPS + ('all',)}
     for tag in sorted(by_tag, key=_tag_order):
-      per_ev[tag] = {name: _mean(values) for name, values in by_tag[tag].items()}
-      per_ev[tag]['count'] = len(by_tag[tag]['psnr'])
+      result['per_ev'][tag] = _summary(by_tag[tag])
+      group = exposure_group(tag)
       for name, values in by_tag[tag].items():
-        every[name].extend(values)
-    summary = {name: _mean(values) for name, values in every.items()}
-    summary['count'] = len(every['psnr'])
-    report[protocol] = {'per_ev': per_ev, 'all': summary}
+        merged['all'][name].extend(values)
+        if group:
+          merged[group][name].extend(values)
+    for group in GROUPS:
+      if merged[group]:
+        result[group] = _summary(merged[group])
+    result['all'] = (_summary(merged['all']) if merged['all'] else
+                     {'psnr': float('nan'), 'ssim': float('nan'),
+                      'identity_psnr': float('nan'),
+                      'identity_ssim': float('nan'), 'count': 0})
+    result['ssim_variant'] = SSIM_VARIANTS[specs[protocol].ssim_color]
+    result['lpips_variant'] = _lpips_variant() if with_lpips[protocol] else None
+    report[protocol] = result
   return report, grid_rows
+
+
+def _lpips_variant() -> str:
+  from expcorr_jax import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  return lpips_lib.VARIANT
 
 
 def _tag_order(tag: str):
@@ -107,29 +255,50 @@ def _tag_order(tag: str):
 
 
 def format_table(report: dict) -> str:
-  """A readable per-EV table of a report."""
+  """A readable table of a report: per EV tag, then the groups and 'all'."""
   lines = []
   for protocol, result in report.items():
-    lines.append(f'protocol {protocol} (SSIM: {SSIM_VARIANT})')
-    lines.append(f'{"EV":>6} {"n":>4} {"PSNR":>8} {"SSIM":>7} '
-                 f'{"id PSNR":>8} {"id SSIM":>8}')
-    rows = list(result['per_ev'].items()) + [('all', result['all'])]
+    variant = result.get('ssim_variant', SSIM_VARIANT)
+    header = f'protocol {protocol} (SSIM: {variant}'
+    if result.get('lpips_variant'):
+      header += f'; LPIPS: {result["lpips_variant"]}'
+    lines.append(header + ')')
+    rows = list(result['per_ev'].items()) + [
+        (name, result[name]) for name in GROUPS + ('all',) if name in result]
+    has_lpips = 'lpips' in result['all']
+    title = (f'{"EV":>6} {"n":>4} {"PSNR":>8} {"SSIM":>7} {"id PSNR":>8} '
+             f'{"id SSIM":>8}')
+    lines.append(title + (f' {"LPIPS":>7} {"id LPIPS":>8}' if has_lpips
+                          else ''))
     for tag, row in rows:
-      lines.append(f'{tag:>6} {row["count"]:>4} {row["psnr"]:>8.3f} '
-                   f'{row["ssim"]:>7.4f} {row["identity_psnr"]:>8.3f} '
-                   f'{row["identity_ssim"]:>8.4f}')
+      line = (f'{tag:>6} {row["count"]:>4} {row["psnr"]:>8.3f} '
+              f'{row["ssim"]:>7.4f} {row["identity_psnr"]:>8.3f} '
+              f'{row["identity_ssim"]:>8.4f}')
+      if has_lpips:
+        line += f' {row["lpips"]:>7.4f} {row["identity_lpips"]:>8.4f}'
+      lines.append(line)
   return '\n'.join(lines)
 
 
 def write_report(report: dict, path: str, **extra) -> None:
-  """Writes the report as JSON atomically (NaN/inf written as strings)."""
+  """Writes the report as JSON atomically (NaN/inf written as strings).
+
+  Besides each protocol's own 'ssim_variant', the top level names the SSIM
+  variant of every protocol ('ssim_variants') and, when all share one,
+  'ssim_variant'.
+  """
   def clean(value):
     if isinstance(value, dict):
       return {k: clean(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
       return str(value)
     return value
-  payload = dict(extra, ssim_variant=SSIM_VARIANT, results=clean(report))
+  variants = {protocol: result.get('ssim_variant', SSIM_VARIANT)
+              for protocol, result in report.items()}
+  payload = dict(extra, ssim_variants=variants)
+  if len(set(variants.values())) <= 1:
+    payload['ssim_variant'] = next(iter(variants.values()), SSIM_VARIANT)
+  payload['results'] = clean(report)
   temporary = f'{path}.tmp'
   with open(temporary, 'w') as f:
     json.dump(payload, f, indent=2)

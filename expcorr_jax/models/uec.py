@@ -244,8 +244,14 @@ def _corrector_blends(params: dict[str, Any], pixels: Array,
   lambdas is what training needs.
   """
   enc, mid, dec = params['encoder'], params['mid_conv'], params['decoder']
-  h = nn.leaky_relu(
-      _first_layer(precision, pixels, enc['kernel'], enc['bias']), 0.01)
+  if os.environ.get('UEC_CVJP', '1') == '1':
+    h = nn.leaky_relu(
+        _first_layer(precision, pixels, enc['kernel'], enc['bias']), 0.01)
+  else:
+    w = enc['kernel']
+    h = nn.leaky_relu((pixels[..., 2:3] * w[2]
+          + (pixels[..., 1:2] * w[1] + pixels[..., 0:1] * w[0])
+          + enc['bias']), 0.01)
   h = nn.leaky_relu(_matmul(h, mid['kernel'], precision, dtype) + mid['bias'],
                     0.01)
   h = _matmul(h, dec['kernel'], precision, dtype) + dec['bias']
