@@ -37,7 +37,6 @@ formulation on the whole image at once. The results agree with the
 straightforward way to float32 rounding (~1e-7), gradients included.
 """
 
-import functools
 import os
 from typing import Any
 
@@ -54,7 +53,7 @@ ENCODER_HEIGHT = 256
 NUM_PARAMS = 19388
 # Largest tile, in pixels, of the full-resolution corrector on a CPU: its
 # 64-channel activations (8192 x 64 float32, 2 MiB) stay in the L2/L3 cache.
-# Chosen with `benchmarks/uec_inference.py --tiles=...` (flat from ~2k to 16k).
+# Chosen with `benchmarks/uec_inference.py --tiles=...` (flat from 2k to 32k).
 CPU_PIXEL_TILE = 8192
 
 
@@ -200,37 +199,6 @@ def _matmul(x: Array, kernel: Array, precision, dtype) -> Array:
                  preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _first_layer(precision, pixels: Array, kernel: Array, bias: Array) -> Array:
-  """pixels (..., 3) @ kernel (3, C) + bias, as three multiply-adds.
-
-  Summed in the order that rounds as XLA's CPU matmul does (bit for bit on
-  the CPUs tested). The gradients are the matmul's, two small matmuls, which
-  autodiff of the multiply-adds would turn into six reductions over the
-  pixels.
-  """
-  del precision
-  return (pixels[..., 2:3] * kernel[2]
-          + (pixels[..., 1:2] * kernel[1] + pixels[..., 0:1] * kernel[0])
-          + bias)
-
-
-def _first_layer_fwd(precision, pixels, kernel, bias):
-  return _first_layer(precision, pixels, kernel, bias), (pixels, kernel)
-
-
-def _first_layer_bwd(precision, residuals, grad):
-  pixels, kernel = residuals
-  flat_pixels = pixels.reshape(-1, pixels.shape[-1])
-  flat_grad = grad.reshape(-1, grad.shape[-1])
-  return (jnp.dot(grad, kernel.T, precision=precision),
-          jnp.dot(flat_pixels.T, flat_grad, precision=precision),
-          jnp.sum(flat_grad, axis=0))
-
-
-_first_layer.defvjp(_first_layer_fwd, _first_layer_bwd)
-
-
 def _corrector_blends(params: dict[str, Any], pixels: Array,
                       lams: tuple[Array, ...], precision,
                       dtype) -> tuple[Array, ...]:
@@ -240,18 +208,16 @@ def _corrector_blends(params: dict[str, Any], pixels: Array,
   lambdas that broadcast against them. The first layer, with only 3 inputs,
   is three broadcast multiply-adds that XLA fuses with its bias and
   activation, rather than a matmul whose 64-channel output makes one more
-  pass through memory (~1.3x faster on a CPU). Computing h once for several
+  pass through memory (1.1-1.4x faster on a CPU, measured). Computing h once for several
   lambdas is what training needs.
   """
   enc, mid, dec = params['encoder'], params['mid_conv'], params['decoder']
-  if os.environ.get('UEC_CVJP', '1') == '1':
-    h = nn.leaky_relu(
-        _first_layer(precision, pixels, enc['kernel'], enc['bias']), 0.01)
-  else:
-    w = enc['kernel']
-    h = nn.leaky_relu((pixels[..., 2:3] * w[2]
-          + (pixels[..., 1:2] * w[1] + pixels[..., 0:1] * w[0])
-          + enc['bias']), 0.01)
+  w = enc['kernel']
+  # Summed in the order that rounds as XLA's CPU matmul does (bit for bit with
+  # jax 0.10 on x86-64), so that the tiled and straightforward ways agree.
+  h = (pixels[..., 2:3] * w[2]
+       + (pixels[..., 1:2] * w[1] + pixels[..., 0:1] * w[0])) + enc['bias']
+  h = nn.leaky_relu(h, 0.01)
   h = nn.leaky_relu(_matmul(h, mid['kernel'], precision, dtype) + mid['bias'],
                     0.01)
   h = _matmul(h, dec['kernel'], precision, dtype) + dec['bias']
@@ -305,9 +271,10 @@ def tiled_blends(params: dict[str, Any], images: Array,
                              tuple(lam[i] for i in range(len(lams))),
                              precision, dtype)
 
-  if os.environ.get('UEC_REMAT') == '1':
-    one_tile = jax.checkpoint(one_tile)
-  outs = jax.lax.map(one_tile, (tiles, tile_lams))
+  # Under differentiation, keep only each tile's input and recompute its
+  # activations in the backward pass, in the cache, rather than store them
+  # all in memory: training steps ran ~1.15-1.3x faster (uec_train.py).
+  outs = jax.lax.map(jax.checkpoint(one_tile), (tiles, tile_lams))
   return tuple(out.reshape(batch, num_tiles * tile, channels)[:, :num_pixels]
                .reshape(images.shape) for out in outs)
 
@@ -321,7 +288,7 @@ class UEC(nn.Module):
       accuracy (TF32 would not match the checkpoints' reference outputs).
     pixel_tile: how the full-resolution corrector runs: 'auto' (tiles of
       CPU_PIXEL_TILE pixels when JAX's default backend is a CPU, the whole
-      image at once elsewhere), a positive int (tiles of at most that many
+      batch at once elsewhere), a positive int (tiles of at most that many
       pixels), or 'off' (the straightforward layer-by-layer `Corrector` over
       the whole image, the reference the others are tested against).
     corrector_dtype: dtype of the corrector's matmul operands except with
