@@ -80,10 +80,14 @@ def color_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-8
   """(1 - mean cosine similarity of the RGB vectors) * 0.5.
 
   Each vector is divided by max(norm, eps) before the dot product, as
-  torch.nn.CosineSimilarity(dim=1, eps=1e-8) does.
+  torch.nn.CosineSimilarity(dim=1, eps=1e-8) does. Written as
+  v * rsqrt(max(|v|^2, eps^2)), the same value, because the gradient of
+  jnp.linalg.norm is NaN at a zero vector, and RECNet's clamped output has
+  black (0, 0, 0) pixels.
   """
   def unit(v):
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
+    squared_norm = jnp.sum(v * v, axis=-1, keepdims=True)
+    return v * jax.lax.rsqrt(jnp.maximum(squared_norm, eps * eps))
   cos = jnp.sum(unit(pred) * unit(target), axis=-1)
   # mean(1 - cos) == 1 - mean(cos), but averaging the small residuals keeps
   # float32 accumulation error relative to the (small) loss value low.
@@ -113,10 +117,17 @@ def bce_loss(prob: jax.Array, target: jax.Array) -> jax.Array:
   """Mean binary cross-entropy of probabilities, logs clamped at -100.
 
   Matches torch.nn.BCELoss, which clamps log(p) and log(1 - p) at -100 so
-  that saturated probabilities give a finite loss.
+  that saturated probabilities give a finite loss. A sigmoid saturates to
+  exactly 1.0 in float32 (logits above ~17), so the logs are taken of a
+  value kept away from 0: differentiating log(0) = -inf through the clamp
+  would give 0 * inf = NaN gradients.
   """
-  log_p = jnp.maximum(jnp.log(prob), -100.0)
-  log_1mp = jnp.maximum(jnp.log1p(-prob), -100.0)
+  finite = prob > 0
+  log_p = jnp.log(jnp.where(finite, prob, 1.0))
+  log_p = jnp.where(finite, jnp.maximum(log_p, -100.0), -100.0)
+  finite = prob < 1
+  log_1mp = jnp.log1p(-jnp.where(finite, prob, 0.0))
+  log_1mp = jnp.where(finite, jnp.maximum(log_1mp, -100.0), -100.0)
   return -jnp.mean(target * log_p + (1.0 - target) * log_1mp)
 
 

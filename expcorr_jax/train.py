@@ -11,8 +11,8 @@ Robustness:
   state, data-iterator state, config), ending with exactly the params of an
   uninterrupted run.
 - SIGTERM (preemption) saves a checkpoint at the current step, then returns.
-- A non-finite loss never reaches the parameters (the step keeps the old
-  state) and stops the run with an error naming the step; no checkpoint is
+- A non-finite loss or gradient never reaches the parameters (the step
+  keeps the old state) and stops the run with an error naming the step; no checkpoint is
   written after it, so the last good one stays intact.
 """
 
@@ -134,13 +134,16 @@ def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh,
         has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss)
+    # A finite loss can still have non-finite gradients (e.g. a norm's
+    # derivative at zero), which Adam would spread to every parameter.
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = TrainState(step=state.step + 1, params=params,
                            opt_state=opt_state)
     # A non-finite loss leaves the state untouched (the host then stops).
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, state)
-    metrics = dict(metrics, finite=finite)
+    metrics = dict(metrics, finite=finite, grad_norm=grad_norm)
     return new_state, metrics
 
   jitted = jax.jit(step, in_shardings=(replicated, data, replicated),
@@ -196,7 +199,8 @@ def _check_finite(pending: list[tuple[int, dict]]) -> None:
   for step, metrics in pending:
     if not bool(metrics['finite']):
       raise FloatingPointError(
-          f'Non-finite loss at step {step}: training stopped and the update '
+          f'Non-finite loss or gradient at step {step}: training stopped and '
+          'the update '
           'was not applied; the last checkpoint (before this step) is intact. '
           'Lower the learning rate or check the data.')
 

@@ -231,6 +231,39 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
 
 
+def test_step_with_finite_loss_but_non_finite_gradient_is_not_applied(
+    monkeypatch):
+  config = tiny_config(None)
+  model = uec_task.create_model(config)
+  real_loss_fn = uec_task.loss_fn
+
+  def loss_fn(model, params, batch, config, frozen=None):
+    # Adds exactly 0 to the loss, but the norm's gradient at a zero vector
+    # (poison == 0) is NaN.
+    loss, metrics = real_loss_fn(model, params, batch, config, frozen)
+    kernel = params['corrector']['encoder']['kernel']
+    return loss + 0.0 * jnp.linalg.norm(kernel * batch['poison'][0]), metrics
+
+  monkeypatch.setattr(uec_task, 'loss_fn', loss_fn)
+  optimizer = optax.adam(1e-3)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(model, config, optimizer, mesh)
+  step_fn = train.make_train_step(model, config, optimizer, mesh)
+  before = jax.device_get(state.params)
+  batch = dict(_random_batch(), poison=np.ones((8,), np.float32))
+  state, metrics = step_fn(state, train.make_global_batch(batch, mesh))
+  assert bool(metrics['finite'])
+  moved = jax.device_get(state.params)
+  batch['poison'][:] = 0.0
+  state, metrics = step_fn(state, train.make_global_batch(batch, mesh))
+  assert np.isfinite(float(metrics['loss']))
+  assert not bool(metrics['finite'])
+  assert int(state.step) == 1  # The second step was not applied.
+  _assert_trees_equal(jax.device_get(state.params), moved)
+  assert not np.array_equal(moved['corrector']['encoder']['kernel'],
+                            before['corrector']['encoder']['kernel'])
+
+
 @pytest.mark.parametrize('field,value,message', [
     ('batch_size', 6, 'divisible by the 8 devices'),
     ('num_train_steps', 0, 'num_train_steps must be a positive integer'),
