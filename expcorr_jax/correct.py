@@ -2,6 +2,10 @@ r"""Corrects the exposure of photos with a trained or official model: a CLI.
 
   python -m expcorr_jax.correct --checkpoint=PATH --reference=IMG \
       --output_dir=DIR [--model=uec] [--bits=auto|8|16] INPUTS...
+  python -m expcorr_jax.correct --checkpoint=PATH --model=recnet \
+      --output_dir=DIR INPUTS...
+
+UEC corrects towards the exposure of --reference; RECNet takes no reference.
 
 INPUTS are image files or folders. Folders are searched NON-recursively for
 JPEG, PNG and TIFF files (extensions in any case: .jpg, .JPEG, .Tif, ...), so
@@ -23,8 +27,9 @@ any size are corrected at full resolution; each distinct size compiles once,
 so a folder of photos from one camera compiles once (or twice, for portrait
 and landscape).
 
-Checkpoint: an official `.pth`, or a training workdir, its `checkpoints/`
-folder or one step's folder (see `inference.Corrector.from_checkpoint`).
+Checkpoint: an official `.pth` (for RECNet, of any width and depth: they are
+read off its weights), or a training workdir, its `checkpoints/` folder or
+one step's folder (see `inference.Corrector.from_checkpoint`).
 """
 
 import collections

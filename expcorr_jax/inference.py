@@ -4,9 +4,15 @@
   corrector = inference.Corrector.from_checkpoint('workdir', model='uec')
   out = corrector(images, reference=ref)
 
+  corrector = inference.Corrector.from_checkpoint('recnet.pth', model='recnet')
+  out = corrector(images)
+
 `images` is HxWx3 or NxHxWx3, uint8, uint16 or float in [0, 1]; `out` is a
 float32 numpy array in [0, 1] of the same shape. A UEC corrector needs a
-reference (HxWx3 of any size) whose exposure the output should match.
+reference (HxWx3 of any size) whose exposure the output should match; RECNet
+takes none. Both run at full resolution at any size: UEC is pixel-wise after
+its exposure encoder, and RECNet's instance norm and channel attention are
+global over the image, so tiling would change its result.
 
 Each distinct (shape, dtype) of the inputs compiles once: a folder of photos
 from one camera compiles once and every later photo reuses that executable
@@ -15,11 +21,11 @@ The integer-to-float conversion runs on the device, so uint8 photos cross to
 an accelerator at a quarter of the float32 size.
 
 Each kind of model has a `_Method` entry in `_METHODS` (its module class, how
-to load official weights and to apply it, whether it needs a reference); only
-'uec' is wired up so far, and `needs_reference` keeps room for reference-free
-methods such as RECNet. A training checkpoint's model is built from its saved
-config, whose `model_<field>` entries set the module's fields (e.g.
-`model_encoder_height` -> `UEC.encoder_height`).
+to load official weights and to apply it, whether it needs a reference). A
+training checkpoint's model is built from its saved config, whose
+`model_<field>` entries set the module's fields (e.g. `model_encoder_height`
+-> `UEC.encoder_height`, `model_nc` -> `RECNet.nc`); an official `.pth`
+sets them from its weights' shapes (a RECNet of any width and depth).
 """
 
 import collections
@@ -34,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from expcorr_jax import checkpointing
+from expcorr_jax import torch_checkpoint
+from expcorr_jax.models import recnet
 from expcorr_jax.models import uec
 
 # Executables kept (shared by all correctors); each is small, but a folder of
@@ -50,7 +58,8 @@ class _Method:
   Attributes:
     module_type: the Flax module class.
     needs_reference: whether the model corrects towards a reference image.
-    load_official: path of an official `.pth` checkpoint -> params.
+    load_official: path of an official `.pth` checkpoint -> (params, module
+      fields read off the weights, e.g. RECNet's width).
     example_inputs: (image, reference or None) shapes for `init`, used to
       check that loaded params fit the model.
     apply: (module, params, images, reference) -> corrected images; images
@@ -60,7 +69,7 @@ class _Method:
   """
   module_type: type[nn.Module]
   needs_reference: bool
-  load_official: Callable[[str], Any]
+  load_official: Callable[[str], tuple[Any, dict[str, Any]]]
   example_inputs: tuple[tuple[int, ...], tuple[int, ...] | None]
   apply: Callable[..., jax.Array]
   check_size: Callable[[nn.Module, int, int], None]
@@ -88,14 +97,38 @@ def _uec_check_size(module: uec.UEC, height: int, width: int) -> None:
         f'{_UEC_MIN_ENCODER_WIDTH}/{module.encoder_height}).')
 
 
+def _recnet_load_official(path: str) -> tuple[Any, dict[str, Any]]:
+  """Params and RECNet(nc, num_blocks, ...) of an official state_dict."""
+  state_dict = torch_checkpoint.load_state_dict(path)
+  return recnet.params_from_torch(state_dict), recnet.infer_config(state_dict)
+
+
+def _recnet_apply(module: recnet.RECNet, params: Any, images: jax.Array,
+                  reference: None) -> jax.Array:
+  """The network's corrected image (its mask and features are dropped)."""
+  del reference
+  return module.apply({'params': params}, images).output
+
+
+def _any_size(module: nn.Module, height: int, width: int) -> None:
+  del module, height, width
+
+
 _METHODS: dict[str, _Method] = {
     'uec': _Method(
         module_type=uec.UEC,
         needs_reference=True,
-        load_official=uec.load_official,
+        load_official=lambda path: (uec.load_official(path), {}),
         example_inputs=((1, 32, 32, 3), (1, 32, 32, 3)),
         apply=_uec_apply,
         check_size=_uec_check_size),
+    'recnet': _Method(
+        module_type=recnet.RECNet,
+        needs_reference=False,
+        load_official=_recnet_load_official,
+        example_inputs=((1, 16, 16, 3), None),
+        apply=_recnet_apply,
+        check_size=_any_size),
 }
 SUPPORTED_MODELS = tuple(sorted(_METHODS))
 
@@ -205,7 +238,7 @@ class Corrector:
   Attributes:
     model: the Flax module.
     params: its params, on the default device.
-    model_name: 'uec' (the key of `_METHODS`).
+    model_name: 'uec' or 'recnet' (the key of `_METHODS`).
     needs_reference: whether calls must pass a reference image.
     num_compilations: how many executables this corrector compiled so far:
       one per distinct (images shape, dtype, reference shape, dtype), fewer
@@ -235,10 +268,10 @@ class Corrector:
       path: an official PyTorch `.pth` file, or a training workdir, its
         `checkpoints/` folder or one step's folder (the latest step unless a
         step folder is given).
-      model: the kind of model the checkpoint holds: 'uec'.
+      model: the kind of model the checkpoint holds: 'uec' or 'recnet'.
       **overrides: model settings (module fields, e.g. encoder_height=256)
-        that replace those of the saved training config, or the defaults for
-        an official checkpoint.
+        that replace those of the saved training config, or those read off
+        an official checkpoint's weights.
 
     Raises:
       FileNotFoundError: nothing at `path`.
@@ -250,8 +283,8 @@ class Corrector:
     if path.lower().endswith('.pth'):
       if not os.path.isfile(path):
         raise FileNotFoundError(f'No checkpoint file {path}.')
-      params = _method(model).load_official(path)
-      config = {}
+      params, fields = _method(model).load_official(path)
+      config = {f'model_{k}': v for k, v in fields.items()}
     else:
       if not os.path.exists(path):
         raise FileNotFoundError(

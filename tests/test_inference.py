@@ -205,8 +205,8 @@ def test_checkpoint_errors(workdir, tmp_path):
     inference.Corrector.from_checkpoint(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='No checkpoint file'):
     inference.Corrector.from_checkpoint(tmp_path / 'missing.pth')
-  with pytest.raises(ValueError, match="does not support model 'recnet'"):
-    inference.Corrector.from_checkpoint(workdir, model='recnet')
+  with pytest.raises(ValueError, match="does not support model 'unet'"):
+    inference.Corrector.from_checkpoint(workdir, model='unet')
   with pytest.raises(ValueError, match=r"Unknown UEC settings \['height'\]"):
     inference.Corrector.from_checkpoint(workdir, height=3)
   recnet_dir = tmp_path / 'recnet_run'
