@@ -66,30 +66,6 @@ def test_tiled_equals_untiled(pixel_tile, height, width):
   assert _max_abs(got, expected) <= _TOL
 
 
-@pytest.mark.parametrize('pixel_tile, height, width', [
-    (256, 80, 121),   # Encoder 16x24: the grid (32x48) is far smaller.
-    ('auto', 40, 33),  # Encoder 16x13: grid 32x26, smaller than 40x33.
-    (64, 33, 47),     # Grid 32x46: only just smaller.
-])
-def test_fused_passes_equal_pass_by_pass(pixel_tile, height, width):
-  """multi_pass finds lambdas on the resize's sample grid, then fuses."""
-  params = _params()
-  images = _images((2, height, width, 3), seed=4)
-  references = _images((1, 11, 9, 3), seed=5)
-  expected = _model('off').apply({'params': params}, images, references, 3,
-                                 method=uec.UEC.intermediates)
-  got = jax.jit(functools.partial(_model(pixel_tile).apply,
-                                  method=uec.UEC.multi_pass),
-                static_argnums=3)({'params': params}, images, references, 3)
-  assert _max_abs(got, expected['outputs'][-1]) <= _TOL
-  # And the grid reproduces the encoder's resize exactly.
-  size = uec.encoder_size(height, width, _ENCODER_HEIGHT)
-  grid, weights = uec._sample_grid(images, size)  # pylint: disable=protected-access
-  assert grid.shape == (2, 2 * size[0], 2 * size[1], 3)
-  np.testing.assert_array_equal(uec.resize_from_grid(grid, weights),
-                                uec.resize_bilinear(images, *size))
-
-
 def test_single_image_and_one_pixel():
   params = _params()
   for shape in ((1, 1, 1, 3), (1, 1, 97, 3), (1, 5, 3, 3)):

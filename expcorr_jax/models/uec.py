@@ -224,19 +224,9 @@ def _corrector_blends(params: dict[str, Any], pixels: Array,
   return tuple(jnp.clip(lam * h + (1 - lam) * pixels, 0, 1) for lam in lams)
 
 
-def _corrector_chain(params: dict[str, Any], pixels: Array,
-                     lams: tuple[Array, ...], precision,
-                     dtype) -> tuple[Array]:
-  """Passes chained on the same pixels: pass k uses lams[k]; (last output,)."""
-  for lam in lams:
-    pixels = _corrector_blends(params, pixels, (lam,), precision, dtype)[0]
-  return (pixels,)
-
-
 def tiled_blends(params: dict[str, Any], images: Array,
                  lams: tuple[Array, ...], max_tile: int | None,
-                 precision=_HIGHEST, dtype=None,
-                 chain: bool = False) -> tuple[Array, ...]:
+                 precision=_HIGHEST, dtype=None) -> tuple[Array, ...]:
   """One correction of `images` per lambda (each (batch,)), tile by tile.
 
   The pixels of each image are flattened and cut into equal tiles of about
@@ -255,22 +245,18 @@ def tiled_blends(params: dict[str, Any], images: Array,
     precision: matmul precision.
     dtype: dtype of the matmul operands (e.g. bfloat16 on a GPU); None keeps
       the images' dtype. Activations and accumulation stay float32.
-    chain: instead of one correction per lambda, chain the passes (pass k
-      with lams[k] on pass k-1's output) and return only the last, so that
-      each pixel is read and written once for all the passes.
 
   Returns:
-    One array like `images` per lambda, or one array if `chain`.
+    One array like `images` per lambda.
   """
-  corrector = _corrector_chain if chain else _corrector_blends
   batch, height, width, channels = images.shape
   num_pixels = height * width
   pixels = images.reshape(batch, num_pixels, channels)
   num_tiles, tile = _pixel_tiling(num_pixels, max_tile or num_pixels)
   if max_tile is None or num_tiles * batch == 1:
-    outs = corrector(params, pixels,
-                     tuple(lam[:, None, None] for lam in lams),
-                     precision, dtype)
+    outs = _corrector_blends(params, pixels,
+                             tuple(lam[:, None, None] for lam in lams),
+                             precision, dtype)
     return tuple(out.reshape(images.shape) for out in outs)
   padding = num_tiles * tile - num_pixels
   if padding:
@@ -281,9 +267,9 @@ def tiled_blends(params: dict[str, Any], images: Array,
 
   def one_tile(args):
     tile_pixels, lam = args
-    return corrector(params, tile_pixels,
-                     tuple(lam[i] for i in range(len(lams))), precision,
-                     dtype)
+    return _corrector_blends(params, tile_pixels,
+                             tuple(lam[i] for i in range(len(lams))),
+                             precision, dtype)
 
   # Under differentiation, keep only each tile's input and recompute its
   # activations in the backward pass, in the cache, rather than store them
@@ -291,34 +277,6 @@ def tiled_blends(params: dict[str, Any], images: Array,
   outs = jax.lax.map(jax.checkpoint(one_tile), (tiles, tile_lams))
   return tuple(out.reshape(batch, num_tiles * tile, channels)[:, :num_pixels]
                .reshape(images.shape) for out in outs)
-
-
-def _sample_grid(images: Array, size: tuple[int, int]
-                 ) -> tuple[Array, tuple[np.ndarray, np.ndarray]]:
-  """The only pixels `resize_bilinear(images, *size)` reads, as a small image.
-
-  Rows i0 then i1 of every output row, and columns likewise, give a
-  (2 * h, 2 * w) image; `resize_from_grid` then equals the resize of the
-  full image bit for bit (same values, same weights, same arithmetic).
-
-  Returns:
-    The grid and the (row, column) interpolation weights w1.
-  """
-  r0, r1, wy = _interpolation(images.shape[1], size[0])
-  c0, c1, wx = _interpolation(images.shape[2], size[1])
-  grid = jnp.take(images, np.concatenate([r0, r1]), axis=1)
-  return jnp.take(grid, np.concatenate([c0, c1]), axis=2), (wy, wx)
-
-
-def resize_from_grid(grid: Array, weights: tuple[np.ndarray, np.ndarray]
-                     ) -> Array:
-  """`resize_bilinear` of the image that `_sample_grid` sampled `grid` from."""
-  wy, wx = weights
-  h, w = len(wy), len(wx)
-  wy = jnp.asarray(wy, grid.dtype)[None, :, None, None]
-  grid = grid[:, :h] * (1 - wy) + grid[:, h:] * wy
-  wx = jnp.asarray(wx, grid.dtype)[None, None, :, None]
-  return grid[:, :, :w] * (1 - wx) + grid[:, :, w:] * wx
 
 
 class UEC(nn.Module):
@@ -379,31 +337,8 @@ class UEC(nn.Module):
 
   def multi_pass(self, images: Array, references: Array,
                  num_passes: int = 3) -> Array:
-    """`num_passes` passes, lambda re-predicted from each pass's output.
-
-    On the fast path, for images larger than 4x the encoder's size (e.g. any
-    photo at inference), the passes are fused: h is pixel-wise and the
-    encoder reads each pass's output only through a bilinear resize, which
-    touches 2 rows and 2 columns per output pixel. So every lambda is found
-    by running the passes on just those pixels (`_sample_grid`, ~0.5 MP for
-    any photo), and then the whole image goes through all the passes in one
-    sweep, tile by tile, read once and written once. Same values as pass by
-    pass up to float32 rounding of the matmuls.
-    """
-    size = self._size(images)
-    if (not self._fast_path() or num_passes < 2 or
-        4 * size[0] * size[1] >= images.shape[1] * images.shape[2]):
-      return self.intermediates(images, references, num_passes)['outputs'][-1]
-    self._check(images, references)
-    features_reference = self.encode(references, size)
-    grid, weights = _sample_grid(images, size)
-    lams = []
-    for i in range(num_passes):
-      features = self.image_encoder(resize_from_grid(grid, weights))
-      lams.append(self.predictor(features, features_reference))
-      if i + 1 < num_passes:
-        grid = self._blends(grid, (lams[-1],))[0]
-    return self._blends(images, tuple(lams), chain=True)[0]
+    """`num_passes` passes, lambda re-predicted from each pass's output."""
+    return self.intermediates(images, references, num_passes)['outputs'][-1]
 
   def intermediates(self, images: Array, references: Array,
                     num_passes: int = 3) -> dict[str, Any]:
@@ -479,14 +414,13 @@ class UEC(nn.Module):
                        'or a positive number of pixels')
     return True
 
-  def _blends(self, images: Array, lams: tuple[Array, ...],
-              chain: bool = False) -> tuple[Array, ...]:
+  def _blends(self, images: Array, lams: tuple[Array, ...]
+              ) -> tuple[Array, ...]:
     max_tile = self.pixel_tile
     if max_tile == 'auto':
       max_tile = CPU_PIXEL_TILE if jax.default_backend() == 'cpu' else None
     return tiled_blends(self.variables['params']['corrector'], images, lams,
-                        max_tile, self.precision, self.corrector_dtype,
-                        chain=chain)
+                        max_tile, self.precision, self.corrector_dtype)
 
   def _size(self, images: Array) -> tuple[int, int]:
     return encoder_size(images.shape[1], images.shape[2], self.encoder_height)
