@@ -33,6 +33,8 @@ produced the released weights, are the defaults.
 
 import ml_collections
 
+from expcorr_jax import erl_stage3
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the RECNet config; `arg='runlocal'` shrinks it for a CPU."""
@@ -77,6 +79,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.color_weight = 1.0
   config.loss.ecr_weight = 0.1  # 0 skips the VGG16 ECR term entirely.
   config.loss.ecr_pool = 4  # Max pool before VGG in ECR (crops >= 8x this).
+
+  # ERL's sample-relationship regulariser (CVPR 2023), off here;
+  # configs/recnet_erl.py switches it on. Fields: erl.enabled, erl.bcm_workdir
+  # (an ERL stage-2 workdir), erl.weight (alpha, the paper's 0.1),
+  # erl.batch_attention ('global' or 'per_device'); see erl_stage3.py.
+  config.erl = erl_stage3.config_block()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.protocols = ('recnet', 'enc_fecnet')

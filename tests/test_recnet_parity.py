@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from expcorr_jax import torch_checkpoint
+from expcorr_jax.models import conv_ops
 from expcorr_jax.models import recnet
 
 TOL = 1e-5
@@ -184,3 +185,84 @@ def test_heads_must_divide_width():
   with pytest.raises(ValueError, match='divisible'):
     recnet.RECNet(nc=8, num_heads=3).init(jax.random.PRNGKey(0),
                                           jnp.zeros((1, 8, 8, 3)))
+
+
+# ----------------------------------------------------------------------------
+# The CPU formulations (shift-sum grouped convs, FFT blur) against lax convs.
+
+
+def _uniform(rng, *shape):
+  return jnp.asarray(rng.uniform(-1.0, 1.0, shape), jnp.float32)
+
+
+@pytest.mark.parametrize('c_in,c_out,groups,k,pad,h,w', [
+    (16, 16, 16, 3, 1, 13, 9),   # depthwise 3x3 (local_dw3 / global_dw3)
+    (16, 16, 16, 5, 2, 11, 7),   # depthwise 5x5
+    (16, 8, 8, 5, 2, 9, 15),     # 2 inputs per group (local_mix5)
+    (6, 9, 3, 3, 1, 5, 8),       # 2 inputs, 3 outputs per group
+    (4, 4, 4, 3, 0, 7, 6),       # VALID
+    (4, 4, 4, 3, 3, 7, 6),       # padding beyond the kernel
+])
+def test_grouped_conv_shift_matches_lax(c_in, c_out, groups, k, pad, h, w):
+  rng = np.random.default_rng(k * 100 + c_in + groups)
+  x = _uniform(rng, 2, h, w, c_in)
+  kernel = _uniform(rng, k, k, c_in // groups, c_out)
+  fast = conv_ops.grouped_conv_shift(x, kernel, groups, pad)
+  ref = conv_ops.grouped_conv_lax(x, kernel, groups, pad)
+  assert fast.shape == ref.shape
+  np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=1e-5)
+  cotangent = _uniform(rng, *ref.shape)
+
+  def grads(conv):
+    return jax.grad(lambda x, k_: jnp.sum(conv(x, k_, groups, pad)
+                                          * cotangent), (0, 1))(x, kernel)
+
+  for got, want in zip(grads(conv_ops.grouped_conv_shift),
+                       grads(conv_ops.grouped_conv_lax)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('k,h,w', [(31, 37, 29), (31, 9, 40), (7, 13, 11)])
+def test_blur_fft_matches_lax(k, h, w):
+  """Zero padding k // 2, kernel larger than the image included."""
+  rng = np.random.default_rng(k + h + w)
+  m = jnp.asarray(rng.uniform(0, 1, (2, h, w, 2)), jnp.float32)
+  kernel = jnp.asarray(recnet.gaussian_kernel(k, 3.0)) + 0.01 * _uniform(
+      rng, k, k)  # Learnable: not separable after training.
+  fast, ref = conv_ops.blur_fft(m, kernel), conv_ops.blur_lax(m, kernel)
+  assert fast.shape == ref.shape == m.shape
+  np.testing.assert_allclose(fast, ref, atol=1e-5)
+  cotangent = _uniform(rng, *ref.shape)
+
+  def grads(blur):
+    return jax.grad(lambda m, k_: jnp.sum(blur(m, k_) * cotangent),
+                    (0, 1))(m, kernel)
+
+  for got, want in zip(grads(conv_ops.blur_fft), grads(conv_ops.blur_lax)):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_impl_choice():
+  assert recnet._use_fast('auto') == (jax.default_backend() == 'cpu')
+  assert recnet._use_fast('fast') and not recnet._use_fast('lax')
+  with pytest.raises(ValueError, match='conv_impl'):
+    recnet._use_fast('cudnn')
+
+
+def test_fast_and_lax_models_agree():
+  """Both paths through a whole (small) RECNet, output and param gradients."""
+  models = {impl: recnet.RECNet(nc=4, num_blocks=1, num_heads=2, reduction=4,
+                                blur_size=31, conv_impl=impl)
+            for impl in ('fast', 'lax')}
+  params = _random_params(models['lax'], seed=3)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 21, 17, 3))
+  results = {}
+  for impl, model in models.items():
+    def loss(p, model=model):
+      out = model.apply({'params': p}, x)
+      return jnp.mean(jnp.square(out.output - 0.5)) + jnp.mean(out.mask)
+    results[impl] = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(results['fast'][0], results['lax'][0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(results['fast'][1]),
+                       jax.tree.leaves(results['lax'][1])):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)

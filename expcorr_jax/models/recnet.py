@@ -23,8 +23,24 @@ runs at any size without tiling; the channel attention's logits are sums over
 all pixels (unnormalised q and k, as in the official code), so they grow with
 the image area. All convolutions and contractions run at HIGHEST precision so
 that float32 parity holds on accelerators that would otherwise use TF32/bf16.
+
+Speed. XLA:CPU runs grouped / depthwise convolutions (`feature_group_count >
+1`, six per dual block) and the 31x31 single-channel mask blur very slowly:
+they took nearly all of a CPU training step. With `conv_impl='auto'` (the
+default) a CPU therefore computes them differently, with the same results to
+float32 rounding (~1e-7), gradients included:
+  - a grouped / depthwise k x k conv as a sum of k*k shifted slices of the
+    zero-padded input times per-channel weights (`grouped_conv_shift`), which
+    XLA fuses into a few elementwise loops;
+  - the mask blur as an FFT convolution with the same zero padding
+    (`blur_fft`); the blur kernel is a learnable, in general non-separable,
+    31x31 parameter, so a separable pair of 1-D convs would not be exact.
+Other backends keep `lax.conv_general_dilated` ('lax'), the straightforward
+formulation that the CPU one is tested against (tests/test_recnet_parity.py);
+both live in `conv_ops.py`, and benchmarks/recnet_speed.py times them.
 """
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -33,7 +49,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from expcorr_jax.models.conv_ops import blur_fft
+from expcorr_jax.models.conv_ops import blur_lax
+from expcorr_jax.models.conv_ops import grouped_conv_lax
+from expcorr_jax.models.conv_ops import grouped_conv_shift
+
 __all__ = [
+    'CONV_IMPLS',
     'Conv',
     'RECNet',
     'RECNetOutput',
@@ -45,6 +67,20 @@ __all__ = [
 
 _PRECISION = jax.lax.Precision.HIGHEST
 _IN_EPS = 1e-5  # torch.nn.InstanceNorm2d default.
+CONV_IMPLS = ('auto', 'fast', 'lax')
+
+
+def _use_fast(conv_impl: str) -> bool:
+  """Whether `conv_impl` means the shift / FFT formulations here and now.
+
+  'auto' picks them on a CPU only: they exist because XLA:CPU's grouped and
+  large single-channel convs are slow; elsewhere the library convs are kept.
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={conv_impl!r}: use one of {CONV_IMPLS}')
+  if conv_impl == 'auto':
+    return jax.default_backend() == 'cpu'
+  return conv_impl == 'fast'
 
 
 class Conv(nn.Module):
@@ -61,12 +97,16 @@ class Conv(nn.Module):
     groups: feature groups (torch `groups`; depthwise when = in channels).
     use_bias: add a bias.
     padding: zero padding on each side; None for kernel_size // 2.
+    conv_impl: how a grouped conv (groups > 1) runs: 'fast'
+      (`grouped_conv_shift`), 'lax' (`grouped_conv_lax`) or 'auto' ('fast' on
+      a CPU, 'lax' elsewhere). Ungrouped convs always use lax.
   """
   features: int
   kernel_size: int
   groups: int = 1
   use_bias: bool = True
   padding: int | None = None
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -83,19 +123,21 @@ class Conv(nn.Module):
     kernel = self.param('kernel', init, (k, k, in_ch // self.groups,
                                          self.features))
     pad = k // 2 if self.padding is None else self.padding
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=self.groups, precision=_PRECISION)
+    if self.groups > 1 and _use_fast(self.conv_impl):
+      y = grouped_conv_shift(x, kernel, self.groups, pad)
+    else:
+      y = grouped_conv_lax(x, kernel, self.groups, pad)
     if self.use_bias:
       y = y + self.param('bias', init, (self.features,)).astype(x.dtype)
     return y
 
 
 def _conv(features: int, kernel: int, *, groups: int = 1, use_bias: bool = True,
-          padding: int | None = None, name: str | None = None) -> Conv:
+          padding: int | None = None, conv_impl: str = 'auto',
+          name: str | None = None) -> Conv:
   """Shorthand for `Conv` with keyword-only options."""
-  return Conv(features, kernel, groups, use_bias, padding, name=name)
+  return Conv(features, kernel, groups, use_bias, padding, conv_impl,
+              name=name)
 
 
 def _replicate_conv(conv: nn.Module, x: jax.Array, pad: int = 1) -> jax.Array:
@@ -142,10 +184,14 @@ class RegionInstanceNorm(nn.Module):
   affine norm shared by all branches, then applies its own 3x3 conv. The two
   region outputs, each fused with the global branch, are mixed with a
   learnable scalar alpha.
+
+  conv_impl: how the blur runs: 'fast' (`blur_fft`), 'lax' (`blur_lax`) or
+  'auto' ('fast' on a CPU, 'lax' elsewhere).
   """
   nc: int
   blur_size: int = 31
   blur_std: float = 3.0
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, mask):
@@ -157,15 +203,12 @@ class RegionInstanceNorm(nn.Module):
     bias = self.param('norm_bias', nn.initializers.zeros, (self.nc,))
     alpha = self.param('alpha', nn.initializers.constant(0.5), ())
 
-    pad = self.blur_size // 2
-
-    def blur(m):
-      return jax.lax.conv_general_dilated(
-          m, kernel[:, :, None, None].astype(m.dtype), (1, 1),
-          ((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          precision=_PRECISION)
-
-    masks = (blur(mask), blur(1.0 - mask), jnp.ones_like(mask))
+    if self.blur_size % 2 == 0:
+      raise ValueError(f'blur_size={self.blur_size} must be odd')
+    blur = blur_fft if _use_fast(self.conv_impl) else blur_lax
+    # Both masks in one call: one pass over the FFT / conv machinery.
+    blurred = blur(jnp.concatenate([mask, 1.0 - mask], -1), kernel)
+    masks = (blurred[..., :1], blurred[..., 1:], jnp.ones_like(mask))
     outs = []
     for i, m in enumerate(masks):
       mid = x * m
@@ -212,31 +255,35 @@ class MixedScaleAttention(nn.Module):
   the un-normalised block input give the values; per scale, channel attention
   with queries / keys the two halves of that scale's local activations; a 1x1
   over both results -> out_global.
+
+  conv_impl: how the grouped convs run (see `Conv`).
   """
   nc: int
   num_heads: int = 2
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, x_feat):
     nc = self.nc
+    conv = functools.partial(_conv, conv_impl=self.conv_impl)
     temperature = self.param('temperature', nn.initializers.ones,
                              (self.num_heads,))
-    proj = _conv(2 * nc, 1, name='project_in')(x)
-    a3 = nn.relu(_conv(2 * nc, 3, groups=2 * nc, name='local_dw3')(proj))
-    a5 = nn.relu(_conv(2 * nc, 5, groups=2 * nc, name='local_dw5')(proj))
+    proj = conv(2 * nc, 1, name='project_in')(x)
+    a3 = nn.relu(conv(2 * nc, 3, groups=2 * nc, name='local_dw3')(proj))
+    a5 = nn.relu(conv(2 * nc, 5, groups=2 * nc, name='local_dw5')(proj))
     q3, k3 = a3[..., :nc], a3[..., nc:]
     q5, k5 = a5[..., :nc], a5[..., nc:]
-    m1 = nn.relu(_conv(nc, 3, groups=nc, name='local_mix3')(
+    m1 = nn.relu(conv(nc, 3, groups=nc, name='local_mix3')(
         jnp.concatenate([q3, q5], -1)))
-    m2 = nn.relu(_conv(nc, 5, groups=nc, name='local_mix5')(
+    m2 = nn.relu(conv(nc, 5, groups=nc, name='local_mix5')(
         jnp.concatenate([k3, k5], -1)))
-    out_local = _conv(nc, 1, name='project_out')(jnp.concatenate([m1, m2], -1))
+    out_local = conv(nc, 1, name='project_out')(jnp.concatenate([m1, m2], -1))
 
-    v3 = nn.relu(_conv(nc, 3, groups=nc, name='global_dw3')(x_feat))
-    v5 = nn.relu(_conv(nc, 5, groups=nc, name='global_dw5')(x_feat))
+    v3 = nn.relu(conv(nc, 3, groups=nc, name='global_dw3')(x_feat))
+    v5 = nn.relu(conv(nc, 5, groups=nc, name='global_dw5')(x_feat))
     g3 = _channel_attention(q3, k3, v3, temperature, self.num_heads)
     g5 = _channel_attention(q5, k5, v5, temperature, self.num_heads)
-    out_global = _conv(nc, 1, name='project_global')(
+    out_global = conv(nc, 1, name='project_global')(
         jnp.concatenate([g3, g5], -1))
     return out_local, out_global
 
@@ -246,12 +293,14 @@ class DualBlock(nn.Module):
   nc: int
   num_heads: int = 2
   blur_size: int = 31
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, mask):
-    x_norm = RegionInstanceNorm(self.nc, self.blur_size, name='rin')(x, mask)
+    x_norm = RegionInstanceNorm(self.nc, self.blur_size,
+                                conv_impl=self.conv_impl, name='rin')(x, mask)
     x_local, x_global = MixedScaleAttention(
-        self.nc, self.num_heads, name='mcsa')(x_norm, x)
+        self.nc, self.num_heads, self.conv_impl, name='mcsa')(x_norm, x)
     x_l = _conv(self.nc, 1, name='fuse_local')(
         jnp.concatenate([x_norm, x_local], -1))
     x_g = _conv(self.nc, 1, name='fuse_global')(
@@ -307,12 +356,16 @@ class RECNet(nn.Module):
     num_heads: attention heads in each MCSA (official 2); must divide nc.
     reduction: channel reduction of Refine's attention (official 4).
     blur_size: side of the learnable Gaussian mask blur (official 31).
+    conv_impl: how the grouped convs and the mask blur run: 'auto' (the
+      shift / FFT formulations on a CPU, lax convs elsewhere), 'fast' or
+      'lax' (see the module docstring). Results agree to ~1e-7.
   """
   nc: int = 8
   num_blocks: int = 5
   num_heads: int = 2
   reduction: int = 4
   blur_size: int = 31
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> RECNetOutput:
@@ -324,7 +377,7 @@ class RECNet(nn.Module):
     mask = MaskPredictor(self.nc, name='mask_predictor')(pre)
     feats, h = [], pre
     for i in range(self.num_blocks):
-      h = DualBlock(self.nc, self.num_heads, self.blur_size,
+      h = DualBlock(self.nc, self.num_heads, self.blur_size, self.conv_impl,
                     name=f'block_{i + 1}')(h, mask)
       feats.append(h)
     merged = _conv(self.nc, 1, name='merge')(jnp.concatenate(feats, -1))

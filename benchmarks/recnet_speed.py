@@ -1,0 +1,401 @@
+r"""RECNet speed: inference ms, training images/s, memory, share of matmul peak.
+
+  python benchmarks/recnet_speed.py [--sizes=1080p,4k] [--nc=8] \
+      [--num_blocks=5] [--rounds=3] [--train_batch=8] [--train_crop=128] \
+      [--variants=fast,reference] [--notrain] [--profile]
+
+Runs on JAX's default device and times, for each variant:
+
+  fast: `RECNet(conv_impl='fast')`: grouped / depthwise convs as sums of
+    shifted multiplies and the 31x31 mask blur as an FFT convolution (what
+    `conv_impl='auto'`, the default, picks on a CPU; see models/recnet.py);
+  reference: `RECNet(conv_impl='lax')`: every conv through
+    `lax.conv_general_dilated` (the straightforward port; what 'auto' picks on
+    other backends).
+
+Inference: `model.apply(...).output` under `jax.jit` on one image per
+--sizes entry, the input already on the device. Training: one optimiser
+step on --train_batch crops of --train_crop^2 pixels: `jax.value_and_grad` of
+`recnet_task.loss_fn` (the configs/recnet.py loss: L1 + SSIM + mask BCE +
+colour + ECR through the frozen VGG16 when its weights are available, else
+with the ECR term off) and an optax Adam update, all jitted.
+
+FLOPs are XLA's own count (`jit(f).lower(...).compile().cost_analysis()`) of
+each compiled variant, so the two variants count different work (an FFT may
+count as little or nothing): "GFLOP/s" is that count over the best time. The
+float32 matmul peak (jnp.dot of two N x N matrices at HIGHEST precision, N =
+2048 on a CPU, 8192 elsewhere) is timed in the same process before every
+timed run; "of peak" is GFLOP/s over the best peak, "paired" the median over
+rounds of the ratio to the peak matmul timed just before (the figure least
+sensitive to other load on a shared machine). "vs reference" is the median
+reference time over the median time of the row, so the speedup is measured
+in the same run. Memory: peak bytes in use on an accelerator
+(`memory_stats()['peak_bytes_in_use']`, a running maximum over the process),
+on a CPU the process's maximum resident set size (`getrusage`, also a
+running maximum, so only increases between rows mean anything).
+
+--profile times the sub-modules separately at the first size (forward) and
+at the training batch (gradient of a sum of the outputs w.r.t. input and
+params): extract + mask predictor, one dual block's RIN and MCSA, a whole
+dual block (x num_blocks for the network), and merge + Refine.
+
+Parameters: the official-layout fixture (../shared/fixtures/recnet) when
+its width matches, else random ones drawn as PyTorch initialises them (see
+`benchmark_params`); a smooth random image. The speed does not depend on the
+values, but the "max diff" column does.
+"""
+
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from expcorr_jax import recnet_task
+from expcorr_jax import torch_checkpoint
+from expcorr_jax.models import recnet
+
+_SIZES = flags.DEFINE_list('sizes', ['1080p', '4k'],
+                           'Inference sizes: 1080p, 4k or HxW (e.g. 540x960).')
+_NC = flags.DEFINE_integer('nc', 8, 'Feature width.')
+_NUM_BLOCKS = flags.DEFINE_integer('num_blocks', 5, 'Dual blocks.')
+_NUM_HEADS = flags.DEFINE_integer('num_heads', 2, 'Attention heads.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed runs per variant.',
+                               lower_bound=1)
+_VARIANTS = flags.DEFINE_list('variants', ['fast', 'reference'],
+                              'Variants to time: fast and/or reference.')
+_TRAIN = flags.DEFINE_boolean('train', True, 'Time a training step.')
+_TRAIN_BATCH = flags.DEFINE_integer('train_batch', 8, 'Training batch size.')
+_TRAIN_CROP = flags.DEFINE_integer('train_crop', 128, 'Training crop side.')
+_PROFILE = flags.DEFINE_boolean('profile', False,
+                                'Also time the sub-modules separately.')
+_PEAK_SIZE = flags.DEFINE_integer('peak_size', None,
+                                  'N of the N x N peak matmul (default: 2048 '
+                                  'on a CPU, 8192 elsewhere).')
+
+NAMED_SIZES = {'1080p': (1080, 1920), '4k': (2160, 3840)}
+IMPLS = {'fast': 'fast', 'reference': 'lax'}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+  if text.lower() in NAMED_SIZES:
+    return NAMED_SIZES[text.lower()]
+  height, width = text.lower().split('x')
+  return int(height), int(width)
+
+
+def make_model(variant: str) -> recnet.RECNet:
+  if variant not in IMPLS:
+    raise ValueError(f'unknown variant {variant!r}; use {sorted(IMPLS)}')
+  return recnet.RECNet(nc=_NC.value, num_blocks=_NUM_BLOCKS.value,
+                       num_heads=_NUM_HEADS.value, conv_impl=IMPLS[variant])
+
+
+_FIXTURE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                        'fixtures', 'recnet', 'recnet_random_nc8.pth')
+
+
+def benchmark_params(model: recnet.RECNet, seed: int = 0):
+  """(params, description): the fixture's official-layout weights if they fit.
+
+  Otherwise weights drawn as PyTorch initialises layers (uniform, 1/sqrt(fan
+  in)). Large random weights would make the channel attention's logits, sums
+  over all pixels, so large that float32 rounding flips its softmax, and the
+  variants' outputs could not be compared.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 8, 8, 3)))['params']
+  if os.path.isfile(_FIXTURE):
+    state_dict = torch_checkpoint.load_state_dict(_FIXTURE)
+    if recnet.infer_config(state_dict) == dict(
+        nc=model.nc, num_blocks=model.num_blocks, num_heads=model.num_heads,
+        reduction=model.reduction, blur_size=model.blur_size):
+      return recnet.params_from_torch(state_dict), 'fixture recnet_random_nc8.pth'
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    name = jax.tree_util.keystr(path)
+    if 'blur_kernel' in name:
+      return jnp.asarray(recnet.gaussian_kernel(s.shape[0], 3.0), s.dtype)
+    if s.ndim == 0 or 'temperature' in name:
+      return jnp.full(s.shape, 0.5, s.dtype)
+    fan_in = int(np.prod(s.shape[:-1])) if s.ndim > 1 else s.shape[0]
+    bound = 1 / np.sqrt(fan_in)
+    return jnp.asarray(rng.uniform(-bound, bound, s.shape), s.dtype)
+  return jax.tree_util.tree_map_with_path(draw, shapes), 'random (torch init)'
+
+
+def smooth_image(batch: int, height: int, width: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  small = jnp.asarray(rng.random((batch, 9, 16, 3)).astype(np.float32))
+  return jax.image.resize(small, (batch, height, width, 3), 'bilinear')
+
+
+def _seconds(function, *args) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(function(*args))
+  return time.perf_counter() - start
+
+
+def make_peak(size: int):
+  """(function, operands, FLOPs) of the float32 peak matmul."""
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.random((size, size), np.float32))
+  b = jnp.asarray(rng.random((size, size), np.float32))
+  matmul = jax.jit(lambda a, b: jnp.dot(
+      a, b, precision=jax.lax.Precision.HIGHEST))
+  return matmul, (a, b), 2 * size**3
+
+
+def compiled_flops(jitted, *args) -> tuple[float, float]:
+  """(XLA's FLOP count of jitted(*args), seconds to lower and compile)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan'))), seconds
+
+
+def peak_memory() -> str:
+  device = jax.devices()[0]
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+      return f'{stats["peak_bytes_in_use"] / 2**30:.2f} GiB peak'
+  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return f'{rss_kib / 2**20:.2f} GiB maxrss'
+
+
+def time_rounds(function, args, peak) -> tuple[list[float], list[float]]:
+  """(seconds per round, peak-matmul seconds just before each round)."""
+  matmul, operands, _ = peak['op']
+  times, peak_times = [], []
+  for _ in range(_ROUNDS.value):
+    peak_seconds = min(_seconds(matmul, *operands) for _ in range(2))
+    peak['seconds'].append(peak_seconds)
+    peak_times.append(peak_seconds)
+    times.append(_seconds(function, *args))
+  return times, peak_times
+
+
+def row(task, size, variant, unit_count, unit, flops, compile_s, times,
+        peak_times, peak, max_diff) -> dict:
+  peak_flops = peak['op'][2]
+  return {
+      'task': task, 'size': size, 'variant': variant,
+      'median_s': statistics.median(times), 'best_s': min(times),
+      'units': unit_count, 'unit': unit, 'flops': flops,
+      'compile_s': compile_s,
+      'paired': statistics.median(
+          (flops / t) / (peak_flops / p) for t, p in zip(times, peak_times)),
+      'memory': peak_memory(), 'max_diff': max_diff,
+      'load': os.getloadavg()[0]}
+
+
+def benchmark_inference(height, width, peak) -> list[dict]:
+  image = smooth_image(1, height, width)
+  rows, outputs = [], {}
+  for variant in _VARIANTS.value:
+    model = make_model(variant)
+    params, _ = benchmark_params(model)
+    apply = jax.jit(lambda p, x, m=model: m.apply({'params': p}, x).output)
+    flops, compile_s = compiled_flops(apply, params, image)
+    outputs[variant] = np.asarray(apply(params, image))
+    times, peak_times = time_rounds(apply, (params, image), peak)
+    first = outputs[_VARIANTS.value[0]]
+    rows.append(row('inference', f'{height}x{width}', variant, 1, 'image',
+                    flops, compile_s, times, peak_times, peak,
+                    float(np.max(np.abs(outputs[variant] - first)))))
+    print(f'  done: inference {height}x{width} {variant} '
+          f'{statistics.median(times) * 1e3:.0f} ms', flush=True)
+  return rows
+
+
+def train_config():
+  """configs/recnet.py's config (the loss weights), at the flags' model."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+  from configs import recnet as recnet_config  # pylint: disable=g-import-not-at-top
+  config = recnet_config.get_config()
+  config.model_nc, config.model_num_blocks = _NC.value, _NUM_BLOCKS.value
+  config.model_num_heads = _NUM_HEADS.value
+  return config
+
+
+def benchmark_train(peak) -> tuple[list[dict], str]:
+  config = train_config()
+  try:
+    frozen = recnet_task.load_frozen(config)
+    note = 'loss: configs/recnet.py, ECR term through VGG16 on'
+  except Exception as e:  # pylint: disable=broad-except
+    config.loss.ecr_weight = 0.0
+    frozen = None
+    note = f'loss: configs/recnet.py with ECR off (no VGG16 weights: {e})'
+  b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
+  batch = {'input': smooth_image(b, c, c, seed=1),
+           'target': smooth_image(b, c, c, seed=2)}
+  optimizer = optax.adam(1e-4)
+  rows, losses = [], {}
+  for variant in _VARIANTS.value:
+    model = make_model(variant)
+    params, _ = benchmark_params(model)
+    opt_state = optimizer.init(params)
+
+    def step(params, opt_state, batch, frozen, model=model):
+      (loss, _), grads = jax.value_and_grad(
+          lambda p: recnet_task.loss_fn(model, p, batch, config, frozen),
+          has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step)
+    args = (params, opt_state, batch, frozen)
+    flops, compile_s = compiled_flops(step, *args)
+    losses[variant] = float(step(*args)[2])
+    times, peak_times = time_rounds(step, args, peak)
+    rows.append(row('train step', f'{b}x{c}x{c}', variant, b, 'image', flops,
+                    compile_s, times, peak_times, peak,
+                    abs(losses[variant] - losses[_VARIANTS.value[0]])))
+    print(f'  done: train {variant} {statistics.median(times):.2f} s',
+          flush=True)
+  return rows, note
+
+
+def profile_parts(variant: str, height: int, width: int, batch: int) -> None:
+  """Times each sub-module of one variant alone: forward and gradient."""
+  model = make_model(variant)
+  params, _ = benchmark_params(model)
+  impl, nc = IMPLS[variant], _NC.value
+  block_params = params['block_1']
+  mask_model = recnet.MaskPredictor(nc)
+  rin = recnet.RegionInstanceNorm(nc, conv_impl=impl)
+  mcsa = recnet.MixedScaleAttention(nc, _NUM_HEADS.value, impl)
+  block = recnet.DualBlock(nc, _NUM_HEADS.value, conv_impl=impl)
+  refine = recnet.Refine(nc)
+  conv = recnet.Conv(nc, 3)
+  merge = recnet.Conv(nc, 1)
+
+  def parts(x, mask, feats):
+    return {
+        'extract + mask predictor': (
+            lambda p, x: mask_model.apply(
+                {'params': p['mask_predictor']},
+                conv.apply({'params': p['extract']}, x)), (x,)),
+        'one block: RIN': (
+            lambda p, f, m: rin.apply({'params': p['block_1']['rin']}, f, m),
+            (feats, mask)),
+        'one block: MCSA': (
+            lambda p, f: mcsa.apply({'params': p['block_1']['mcsa']}, f, f),
+            (feats,)),
+        f'one block (x{_NUM_BLOCKS.value})': (
+            lambda p, f, m: block.apply({'params': block_params}, f, m),
+            (feats, mask)),
+        'merge + refine': (
+            lambda p, f: refine.apply(
+                {'params': p['refine']},
+                merge.apply({'params': p['merge']},
+                            jnp.concatenate([f] * _NUM_BLOCKS.value, -1))),
+            (feats,)),
+        'whole network': (
+            lambda p, x: model.apply({'params': p}, x).output, (x,)),
+    }
+
+  for label, (b, h, w) in (('forward', (1, height, width)),
+                           ('gradient', (batch, _TRAIN_CROP.value,
+                                         _TRAIN_CROP.value))):
+    x = smooth_image(b, h, w)
+    mask = jax.nn.sigmoid(smooth_image(b, h, w, seed=5)[..., :1] * 4 - 2)
+    feats = jnp.tile(x, (1, 1, 1, (nc + 2) // 3))[..., :nc]
+    print(f'\n{variant}, {label} at {b}x{h}x{w}:')
+    print('| part | median ms | XLA GFLOP |')
+    print('|---|---:|---:|')
+    for name, (f, args) in parts(x, mask, feats).items():
+      if label == 'gradient':
+        f = jax.grad(lambda p, *a, f=f: sum(
+            jnp.sum(t) for t in jax.tree.leaves(f(p, *a))),
+                     argnums=tuple(range(len(args) + 1)))
+      jitted = jax.jit(f)
+      flops, _ = compiled_flops(jitted, params, *args)
+      jax.block_until_ready(jitted(params, *args))
+      times = [_seconds(jitted, params, *args) for _ in range(_ROUNDS.value)]
+      print(f'| {name} | {statistics.median(times) * 1e3:.1f} | '
+            f'{flops / 1e9:.2f} |', flush=True)
+
+
+def print_table(rows, peak) -> None:
+  peak_rate = peak['op'][2] / min(peak['seconds'])
+  print(f'\nfloat32 matmul peak ({peak["size"]}^2, best of '
+        f'{len(peak["seconds"])}): {peak_rate / 1e9:.1f} GFLOP/s\n')
+  reference = {(r['task'], r['size']): r['median_s'] for r in rows
+               if r['variant'] == 'reference'}
+  print('| task | size | variant | median ms | best ms | images/s | '
+        'compile s | XLA GFLOP | GFLOP/s | of peak | of peak, paired | '
+        'vs reference | max diff vs first | memory | load 1 min |')
+  print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
+        '---:|')
+  for r in rows:
+    rate = r['flops'] / r['best_s']
+    ref = reference.get((r['task'], r['size']))
+    speedup = f'{ref / r["median_s"]:.1f}x' if ref else '-'
+    print(f'| {r["task"]} | {r["size"]} | {r["variant"]} | '
+          f'{r["median_s"] * 1e3:.0f} | {r["best_s"] * 1e3:.0f} | '
+          f'{r["units"] / r["median_s"]:.2f} | {r["compile_s"]:.1f} | '
+          f'{r["flops"] / 1e9:.1f} | {rate / 1e9:.2f} | '
+          f'{rate / peak_rate:.4f} | {r["paired"]:.4f} | {speedup} | '
+          f'{r["max_diff"]:.1e} | {r["memory"]} | {r["load"]:.2f} |')
+
+
+def describe_machine() -> str:
+  device = jax.devices()[0]
+  threads = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+             else os.cpu_count())
+  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
+  return (f'device: {device.platform} {device.device_kind} '
+          f'(x{jax.device_count()}), CPU threads available: {threads}, '
+          f'jax {jax.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}'
+          f'\nload average at start: {load}')
+
+
+def main(argv):
+  del argv
+  print(describe_machine())
+  print(' '.join(['python'] + sys.argv))
+  for variant in _VARIANTS.value:
+    make_model(variant)  # Fails early on a bad name.
+  cpu = jax.devices()[0].platform == 'cpu'
+  size = _PEAK_SIZE.value or (2048 if cpu else 8192)
+  peak = {'op': make_peak(size), 'seconds': [], 'size': size}
+  _seconds(peak['op'][0], *peak['op'][1])  # Compiles.
+  rows = []
+  for text in _SIZES.value:
+    rows += benchmark_inference(*parse_size(text), peak)
+  note = ''
+  if _TRAIN.value:
+    train_rows, note = benchmark_train(peak)
+    rows += train_rows
+  print_table(rows, peak)
+  print(f'\nRECNet nc={_NC.value}, {_NUM_BLOCKS.value} blocks, '
+        f'{_NUM_HEADS.value} heads; params: '
+        f'{benchmark_params(make_model(_VARIANTS.value[0]))[1]}; smooth '
+        'random images. '
+        f'images/s from median times; "max diff vs first": inference max '
+        f'|output - first variant\'s|, training |loss - first variant\'s| '
+        f'after one step. {note}')
+  if _PROFILE.value:
+    height, width = parse_size(_SIZES.value[0])
+    for variant in _VARIANTS.value:
+      profile_parts(variant, height, width, _TRAIN_BATCH.value)
+  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
+  print(f'\nload average at end: {load}')
+
+
+if __name__ == '__main__':
+  app.run(main)
