@@ -22,6 +22,8 @@ the notes; 8 and 100k are this project's choices.
 
 import ml_collections
 
+from expcorr_jax import erl_stage3
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the UEC config; `arg='runlocal'` shrinks it for a CPU."""
@@ -54,6 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.restoration_weight = 1.0
   config.loss.monotonicity_weight = 1.0
   config.loss.tv_weight = 0.0  # The paper's 0.1; the released code drops it.
+
+  # ERL's sample-relationship regulariser (CVPR 2023), off here;
+  # configs/uec_erl.py switches it on. Fields: erl.enabled, erl.bcm_workdir
+  # (an ERL stage-2 workdir), erl.weight (alpha, the paper's 0.1),
+  # erl.batch_attention ('global' or 'per_device'); see erl_stage3.py.
+  config.erl = erl_stage3.config_block()
 
   config.eval = ml_collections.ConfigDict()
   # 'sample': a well-exposed frame of the embedded sample; or an image path.

@@ -13,7 +13,8 @@ on normal-exposure images only, before a third stage uses it as a loss term:
   {'transformer', 'fusion'}. `config.erl.batch_attention` chooses whether t_e
   attends over the global batch or each device's sub-batch.
 - Stage 3 (another method's loss): `load_bcm(workdir)` gives the frozen
-  params for `erl.regulariser` / `erl.relationship_features`.
+  params for `erl.regulariser` / `erl.relationship_features`; a corrector's
+  config switches it on with its `config.erl` block (erl_stage3.py).
 
 "Normal exposure" is the EV `config.data.normal_ev` (0) frame of each scene of
 a multi-exposure dataset, or the target of each pair of a paired one.
@@ -193,7 +194,7 @@ def load_autoencoder(workdir: str | None,
   return {'encoder': params['encoder'], 'decoder': params['decoder']}
 
 
-def load_bcm(workdir: str) -> dict[str, Any]:
+def load_bcm(workdir: str | None) -> dict[str, Any]:
   """A trained BCM's {'encoder', 'transformer'} params, for stage 3.
 
   Reads the stage-2 checkpoint in `workdir` and the stage-1 one its config
@@ -203,8 +204,14 @@ def load_bcm(workdir: str) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir` or in its stage-1 workdir.
-    ValueError: `workdir` (or its stage 1) holds another kind of model.
+    ValueError: `workdir` unset, or it (or its stage 1) holds another kind
+      of model.
   """
+  if not workdir:
+    raise ValueError(
+        'ERL stage 3 (config.erl.enabled) needs a trained BCM: set '
+        '--config.erl.bcm_workdir to the workdir of an ERL stage-2 run of\n  '
+        + _train_command(BCM_MODEL, '<stage-2 workdir>'))
   try:
     params, saved, step = checkpointing.load_params(workdir)
   except FileNotFoundError as e:
@@ -216,7 +223,12 @@ def load_bcm(workdir: str) -> dict[str, Any]:
         f'{workdir} holds a {saved.get("model")!r} checkpoint, not an ERL '
         f'stage-2 BCM ({BCM_MODEL!r}). Train one with:\n  '
         f'{_train_command(BCM_MODEL, "<stage-2 workdir>")}')
-  stage1 = load_autoencoder(saved['erl']['autoencoder_workdir'], saved['erl'])
+  try:
+    stage1 = load_autoencoder(saved['erl']['autoencoder_workdir'],
+                              saved['erl'])
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f'The ERL BCM in {workdir} reads its f_e from the stage-1 '
+                  f'workdir its config names, which failed: {e}') from e
   logging.info('ERL BCM: step %d of %s.', step, workdir)
   return {'encoder': stage1['encoder'], 'transformer': params['transformer']}
 

@@ -6,7 +6,10 @@ dataset (msec, sice, lcdp) as stored, or a multi-exposure one read as
 code's (`recnet_loss.recnet_loss`: L1 + SSIM + mask BCE + colour + ECR), with
 the paper's variants (MSE pixel term, the opposite mask sign) as config
 options; the ECR term runs a frozen ImageNet VGG16, passed to every step as
-`frozen` parameters.
+`frozen` parameters. With ERL on (config.erl, erl_stage3.py) the loss adds
+weight * L1(t_e(f_e(output)), t_e(f_e(target))) over the batch with a frozen
+BCM (logged as 'erl'); the frozen params are then {'task': VGG16 or None,
+'erl': the BCM's}.
 
 Evaluation runs the network on whole validation images under two protocols
 (`evaluation.PROTOCOL_METRICS` says what each measures):
@@ -29,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from data_prep import image_codec
+from expcorr_jax import erl_stage3
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import recnet_loss
@@ -68,6 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.name == 'sice' and config.data.eval_split == 'validation':
     raise ValueError("SICE has no validation split: set "
                      "config.data.eval_split='test'.")
+  erl_stage3.validate_config(config)
 
 
 def create_model(config: ml_collections.ConfigDict) -> recnet.RECNet:
@@ -108,19 +113,24 @@ def loss_config(config: ml_collections.ConfigDict
 
 
 def load_frozen(config: ml_collections.ConfigDict) -> Any:
-  """VGG16 (conv1_1..relu4_3) for the ECR term; None when its weight is 0."""
-  if not config.loss.ecr_weight:
-    return None
-  return vgg16.load_vgg16_params()
+  """VGG16 (conv1_1..relu4_3) for the ECR term; None when its weight is 0.
+
+  With config.erl on: {'task': that, 'erl': the BCM's params}.
+  """
+  vgg = vgg16.load_vgg16_params() if config.loss.ecr_weight else None
+  return erl_stage3.wrap_frozen(config, vgg)
 
 
 def loss_fn(model: recnet.RECNet, params: Any, batch: dict[str, jax.Array],
             config: ml_collections.ConfigDict, frozen: Any = None):
   """Returns (loss, metrics) for a float batch of (input, target) crops."""
+  vgg, bcm = erl_stage3.unwrap_frozen(config, frozen)
   out = model.apply({'params': params}, batch['input'])
   loss, terms = recnet_loss.recnet_loss(out.output, batch['target'],
-                                        batch['input'], out.mask, frozen,
+                                        batch['input'], out.mask, vgg,
                                         loss_config(config))
+  loss, terms = erl_stage3.add_regulariser(config, bcm, loss, terms,
+                                           out.output, batch['target'])
   return loss, dict(terms, loss=loss)
 
 

@@ -11,6 +11,11 @@ Evaluation corrects every validation frame towards one fixed reference image
 protocols: 'full' (full resolution, output rounded to uint8) and 'uec256' (the
 official one: input, reference and target resized to 256x256, aspect ignored,
 output truncated to uint8).
+
+ERL (config.erl, erl_stage3.py): when on, the loss adds weight *
+L1(t_e(f_e(restored)), t_e(f_e(target))) over the batch, where `restored` is
+the three-pass output towards the target frame (the one the restoration term
+scores) and the BCM is frozen; logged as 'erl'.
 """
 
 import functools
@@ -23,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep import image_codec
+from expcorr_jax import erl_stage3
 from expcorr_jax import input_pipeline
 from expcorr_jax.models import uec
 
@@ -36,6 +42,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'choose from {PROTOCOLS}.')
   if config.loss.num_passes < 1:
     raise ValueError('loss.num_passes must be at least 1.')
+  erl_stage3.validate_config(config)
 
 
 def create_model(config: ml_collections.ConfigDict) -> uec.UEC:
@@ -68,15 +75,19 @@ def total_variation(images: jax.Array) -> jax.Array:
   return jnp.mean(dy**2) + jnp.mean(dx**2)
 
 
-def load_frozen(config: ml_collections.ConfigDict) -> None:
-  """UEC's loss uses no frozen parameters."""
-  del config
+def load_frozen(config: ml_collections.ConfigDict) -> Any:
+  """None (UEC's own loss uses no frozen parameters), plus the ERL BCM's
+  params when config.erl is on (see erl_stage3.wrap_frozen)."""
+  return erl_stage3.wrap_frozen(config, None)
 
 
 def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict, frozen: None = None):
-  """Returns (loss, metrics) for a float batch from the UEC sampler."""
-  del frozen
+            config: ml_collections.ConfigDict, frozen: Any = None):
+  """Returns (loss, metrics) for a float batch from the UEC sampler.
+
+  `frozen` is `load_frozen(config)`: None, or with ERL on the BCM's params.
+  """
+  _, bcm = erl_stage3.unwrap_frozen(config, frozen)
   restored, out_lo, out_hi = model.apply(
       {'params': params}, batch['input'], batch['target'], batch['ref_lo'],
       batch['ref_hi'], config.loss.num_passes,
@@ -90,6 +101,8 @@ def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
     tv = total_variation(restored)
     loss += config.loss.tv_weight * tv
     metrics['tv'] = tv
+  loss, metrics = erl_stage3.add_regulariser(config, bcm, loss, metrics,
+                                             restored, batch['target'])
   metrics['loss'] = loss
   return loss, metrics
 
@@ -119,10 +132,10 @@ def _jitted_correct(model: uec.UEC, num_passes: int):
 
 def eval_pair(model: uec.UEC, params: Any, pair: input_pipeline.EvalPair,
               reference: np.ndarray, protocol: str, num_passes: int = 3,
-              frozen: None = None
+              frozen: Any = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Corrects one pair under `protocol`; returns uint8 (input, output, target)."""
-  del frozen  # UEC's evaluation needs no frozen parameters.
+  del frozen  # No frozen params at evaluation (ERL is training-only).
   correct = _jitted_correct(model, num_passes)
   if protocol == 'full':
     image_in = pair.input

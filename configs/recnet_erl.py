@@ -1,0 +1,45 @@
+r"""RECNet trained with ERL's sample-relationship regulariser (ERL stage 3).
+
+"Learning Sample Relationship for Exposure Correction" (CVPR 2023) adds
+alpha * L1(t_e(f_e(output)), t_e(f_e(target))) to a corrector's loss, with
+the batch-correlation module (BCM) of stages 1 and 2 frozen (alpha = 0.1):
+here RECNet's output and its (input, target) pair's target. Everything else
+is configs/recnet.py's; inference is unchanged (the checkpoint holds RECNet's
+params only).
+
+The three stages, in order, on the embedded sample on a CPU (absolute
+workdirs: each stage's checkpoint names the previous one's):
+
+  python -m expcorr_jax.main --config=configs/erl_autoencoder.py:runlocal \
+      --workdir=/tmp/erl_ae_local
+  python -m expcorr_jax.main --config=configs/erl_bcm.py:runlocal \
+      --workdir=/tmp/erl_bcm_local --config.erl.autoencoder_workdir=/tmp/erl_ae_local
+  python -m expcorr_jax.main --config=configs/recnet_erl.py:runlocal \
+      --workdir=/tmp/recnet_erl_local --config.erl.bcm_workdir=/tmp/erl_bcm_local
+
+Without :runlocal the same three commands train the full-size models. The
+baseline is configs/recnet.py with the same arguments (minus
+erl.bcm_workdir).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _base_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
+  """configs/<name>.py's config (loaded by path: configs is no package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'_base_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/recnet.py's config (`arg='runlocal'` too) with ERL switched on."""
+  config = _base_config('recnet', arg)
+  config.erl.enabled = True
+  # Required: --config.erl.bcm_workdir=<ERL stage-2 workdir>.
+  return config

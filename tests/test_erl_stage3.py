@@ -1,0 +1,273 @@
+"""ERL stage 3: the regulariser switched on from a corrector's config.
+
+A toy BCM (C = 2 channels, 4x4 tokens) is written as stage-1 and stage-2
+checkpoints; UEC and RECNet use it through `config.erl` (erl_stage3.py).
+"""
+
+import importlib.util
+import pathlib
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from expcorr_jax import checkpointing
+from expcorr_jax import erl_stage3
+from expcorr_jax import inference
+from expcorr_jax import recnet_task
+from expcorr_jax import train
+from expcorr_jax import uec_task
+from expcorr_jax.models import erl
+from expcorr_jax.models import uec
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(features=2, encoder_layers=2, decoder_layers=2, token_size=4,
+            num_heads=2)
+
+
+def _config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(
+      f'_test_{name}', REPO_ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _write_checkpoint(workdir: pathlib.Path, params, config: dict) -> None:
+  """A checkpoint as checkpointing.save lays it out (state, config)."""
+  manager = ocp.CheckpointManager(
+      workdir / 'checkpoints',
+      options=ocp.CheckpointManagerOptions(create=True),
+      item_names=('state', 'config'))
+  manager.save(1, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({'params': params}),
+      config=ocp.args.JsonSave(config)))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def _stage_config(name: str, **fields) -> dict:
+  config = _config(name)
+  for key, value in {**TINY, **fields}.items():
+    if key in config.erl:
+      config.erl[key] = value
+  return config.to_dict()
+
+
+@pytest.fixture(scope='module')
+def bcm_workdir(tmp_path_factory):
+  """A stage-2 workdir (and its stage 1) holding a toy BCM with a t_e whose
+  output depends on its input."""
+  root = tmp_path_factory.mktemp('erl')
+  model = erl.BCM(**TINY)
+  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'),
+                               jnp.zeros((1, 8, 8, 3)))['params']
+  params = jax.tree.map(np.asarray, params)
+  stage1, stage2 = root / 'stage1', root / 'stage2'
+  _write_checkpoint(stage1, {k: params[k] for k in ('encoder', 'decoder')},
+                    _stage_config('erl_autoencoder'))
+  _write_checkpoint(stage2, {k: params[k] for k in ('transformer', 'fusion')},
+                    _stage_config('erl_bcm',
+                                  autoencoder_workdir=str(stage1)))
+  return stage2
+
+
+def _uec_config(bcm_workdir, data_dir=None) -> ml_collections.ConfigDict:
+  config = _config('uec_erl', 'runlocal')
+  config.erl.bcm_workdir = str(bcm_workdir)
+  config.data.data_dir = data_dir
+  config.data.crop_size = 32
+  config.model_encoder_height = 32
+  config.batch_size = 8  # tests/conftest.py simulates 8 devices.
+  return config
+
+
+def _batch(keys, batch=4, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.random((batch, size, size, 3), np.float32))
+          for k in keys}
+
+
+def test_configs_default_off_and_erl_configs_switch_it_on():
+  for name in ('uec', 'recnet'):
+    base, on = _config(name, 'runlocal'), _config(f'{name}_erl', 'runlocal')
+    assert not base.erl.enabled and on.erl.enabled
+    assert on.erl.weight == 0.1 and on.erl.batch_attention == 'global'
+    assert on.erl.bcm_workdir is None
+    # Nothing but the switch differs.
+    on.erl.enabled = False
+    assert on.to_dict() == base.to_dict()
+  assert uec_task.load_frozen(_config('uec')) is None
+
+
+def test_uec_regulariser_reaches_the_corrector_and_never_the_bcm(
+    bcm_workdir, monkeypatch):
+  config = _uec_config(bcm_workdir)
+  train.validate_config(config)
+  frozen = uec_task.load_frozen(config)
+  assert frozen['task'] is None and set(frozen['erl']) == {'encoder',
+                                                           'transformer'}
+  # Only the regulariser: its gradient alone must reach the corrector. One
+  # pass (three by default) keeps the compile short.
+  config.loss.restoration_weight = config.loss.monotonicity_weight = 0.0
+  config.loss.num_passes = 1
+  model = uec_task.create_model(config)
+  params = uec_task.init_params(model, config, jax.random.key(1, impl='rbg'))
+  batch = _batch(('input', 'target', 'ref_lo', 'ref_hi'))
+  # Also report which images the regulariser compared.
+  real = erl_stage3.add_regulariser
+  monkeypatch.setattr(erl_stage3, 'add_regulariser', lambda *args: (
+      real(*args)[0], dict(real(*args)[1], compared=args[4:])))
+
+  @jax.jit
+  def run(params, frozen):
+    return jax.value_and_grad(
+        lambda p, f: uec_task.loss_fn(model, p, batch, config, f),
+        argnums=(0, 1), has_aux=True)(params, frozen)
+
+  (loss, metrics), (g_params, g_frozen) = run(params, frozen)
+  assert float(metrics['erl']) > 0 and float(metrics['loss']) == float(loss)
+  assert float(loss) == pytest.approx(0.1 * float(metrics['erl']), rel=1e-5)
+  # The restored output (the one the restoration term scores) and the
+  # target frame.
+  output, target = metrics['compared']
+  np.testing.assert_array_equal(target, batch['target'])
+  assert float(jnp.mean((output - target)**2)) == pytest.approx(
+      float(metrics['restoration']), rel=1e-5)
+  assert float(metrics['erl']) == pytest.approx(float(jax.jit(
+      erl.regulariser)(frozen['erl'], output, target)), rel=1e-5)
+  assert all(not np.any(leaf) for leaf in jax.tree.leaves(g_frozen))
+  # It reaches the corrector h and the difference predictor.
+  largest = jax.tree.map(lambda g: float(jnp.max(jnp.abs(g))), g_params)
+  assert min(jax.tree.leaves(largest['corrector'])) > 0
+  assert max(jax.tree.leaves(largest['predictor'])) > 0
+
+
+class _FakeRECNet:
+  """Stands in for RECNet (slow to compile on a CPU): output = x * w."""
+
+  def apply(self, variables, images):
+    output = images * variables['params']['w']
+    return types.SimpleNamespace(output=output, mask=output[..., :1])
+
+
+def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
+                                                        monkeypatch):
+  config = _config('recnet_erl', 'runlocal')
+  config.erl.bcm_workdir = str(bcm_workdir)
+  config.loss.ecr_weight = 0.0  # No VGG16: the task's own frozen is None.
+  train.validate_config(config)
+  frozen = recnet_task.load_frozen(config)
+  assert frozen['task'] is None and set(frozen['erl']) == {'encoder',
+                                                           'transformer'}
+  # RECNet's own loss, stubbed: it must get the task's frozen (None).
+  def own_loss(pred, target, inputs, mask, vgg, loss_config):
+    del inputs, mask, loss_config
+    assert vgg is None
+    pixel = jnp.mean(jnp.abs(pred - target))
+    return pixel, {'pixel': pixel}
+  monkeypatch.setattr(recnet_task.recnet_loss, 'recnet_loss', own_loss)
+  batch = _batch(('input', 'target'))
+  params = {'w': jnp.float32(0.7)}
+
+  @jax.jit
+  def run(params, frozen):
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p, f: recnet_task.loss_fn(_FakeRECNet(), p, batch, config, f),
+        argnums=(0, 1), has_aux=True)(params, frozen)
+    regulariser = lambda w: erl.regulariser(
+        frozen['erl'], batch['input'] * w, batch['target'])
+    pixel = lambda w: jnp.mean(jnp.abs(batch['input'] * w - batch['target']))
+    expected = (regulariser(params['w']), jax.grad(regulariser)(params['w']),
+                jax.grad(pixel)(params['w']))
+    return loss, metrics, grads, expected
+
+  loss, metrics, (g_params, g_frozen), expected = run(params, frozen)
+  value, erl_only, pixel_only = map(float, expected)
+  assert float(metrics['erl']) == pytest.approx(value, rel=1e-5)
+  assert float(metrics['loss']) == float(loss) == pytest.approx(
+      float(metrics['pixel']) + 0.1 * value, rel=1e-5)
+  assert all(not np.any(leaf) for leaf in jax.tree.leaves(g_frozen))
+  assert erl_only != 0
+  assert float(g_params['w']) == pytest.approx(pixel_only + 0.1 * erl_only,
+                                               rel=1e-4)
+
+
+def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(
+    bcm_workdir, tmp_path):
+  config = _uec_config(bcm_workdir)
+  config.erl.bcm_workdir = None
+  with pytest.raises(ValueError, match=r'config.erl.bcm_workdir(.|\n)*'
+                     r'configs/erl_bcm.py'):
+    train.validate_config(config)
+
+  missing = tmp_path / 'no_such_run'
+  config.erl.bcm_workdir = str(missing)
+  with pytest.raises(FileNotFoundError) as error:
+    train.validate_config(config)
+  assert 'No ERL stage-2 (BCM) checkpoint in ' + str(missing) in str(
+      error.value)
+  assert '--config=configs/erl_bcm.py --workdir=' + str(missing) in str(
+      error.value)
+
+  # The stage-1 auto-encoder, or a corrector, is not a BCM.
+  stage1 = bcm_workdir.parent / 'stage1'
+  for wrong, kind in ((stage1, 'erl_autoencoder'), (tmp_path / 'uec', 'uec')):
+    if kind == 'uec':
+      _write_checkpoint(wrong, {'x': np.zeros(2)}, {'model': 'uec'})
+    config.erl.bcm_workdir = str(wrong)
+    with pytest.raises(ValueError, match=rf"holds a '{kind}' checkpoint, not "
+                       r'an ERL stage-2 BCM(.|\n)*configs/erl_bcm.py'):
+      uec_task.load_frozen(config)
+
+  # A BCM whose stage-1 workdir is gone.
+  orphan = tmp_path / 'orphan'
+  params, saved, _ = checkpointing.load_params(str(bcm_workdir))
+  saved['erl']['autoencoder_workdir'] = str(tmp_path / 'deleted_stage1')
+  _write_checkpoint(orphan, params, saved)
+  config.erl.bcm_workdir = str(orphan)
+  with pytest.raises(FileNotFoundError, match='orphan reads its f_e from the '
+                     'stage-1 workdir(.|\n)*deleted_stage1'):
+    train.validate_config(config)
+
+  config.erl.bcm_workdir = str(bcm_workdir)
+  config.erl.weight = 0.0
+  with pytest.raises(ValueError, match='config.erl.weight must be positive'):
+    train.validate_config(config)
+
+
+def test_uec_trained_with_erl_exports_like_one_without(
+    bcm_workdir, sample_data_dir, tmp_path, monkeypatch):
+  config = _uec_config(bcm_workdir, sample_data_dir)
+  config.num_train_steps = 2
+  config.log_every_steps = config.checkpoint_every_steps = 2
+  config.loss.num_passes = 1  # Faster to compile than three.
+  # Evaluation is not under test (and costs a full-resolution compile), nor
+  # is sharding (tests/test_train.py): one device compiles faster.
+  monkeypatch.setattr(train, 'run_evaluation', lambda *a, **k: {})
+  make_mesh = train.make_mesh
+  monkeypatch.setattr(train, 'make_mesh',
+                      lambda devices=None: make_mesh(jax.devices()[:1]))
+  train.train_and_evaluate(config, str(tmp_path))
+
+  params, saved, step = checkpointing.load_params(str(tmp_path))
+  assert step == 2 and saved['erl']['enabled']
+  # The same tree as a corrector trained without ERL: UEC's params only.
+  model = uec_task.create_model(config)
+  expected = jax.eval_shape(lambda: uec_task.init_params(
+      model, config, jax.random.key(0)))
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  assert shapes(params) == shapes(expected)
+
+  corrector = inference.Corrector.from_checkpoint(str(tmp_path), model='uec')
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+  reference = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  out = corrector(images, reference=reference)
+  assert out.shape == images.shape and out.dtype == np.float32
+  assert np.all(np.isfinite(out)) and np.all((out >= 0) & (out <= 1))
