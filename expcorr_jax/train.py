@@ -81,7 +81,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % jax.device_count():
     raise ValueError(
         f'config.batch_size={config.batch_size} must be divisible by the '
-        f'{jax.device_count()} devices so each gets an equal share.')
+        f'{jax.device_count()} devices so each gets an equal share: pass '
+        f'--config.batch_size={jax.device_count()} (or a multiple).')
   method_module(config.model).validate_config(config)
 
 

@@ -158,6 +158,7 @@ class _FakeRECNet:
 def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
                                                         monkeypatch):
   config = _config('recnet_erl', 'runlocal')
+  config.batch_size = 8  # tests/conftest.py simulates 8 devices.
   config.erl.bcm_workdir = str(bcm_workdir)
   config.loss.ecr_weight = 0.0  # No VGG16: the task's own frozen is None.
   train.validate_config(config)

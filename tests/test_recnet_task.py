@@ -84,7 +84,13 @@ def test_defaults_are_the_released_config():
   assert (loss.pixel_loss, loss.paper_mask_sign) == ('l1', False)
   assert recnet_task.loss_config(config) == recnet_loss.RECNetLossConfig()
   assert tuple(config.eval.protocols) == ('recnet', 'enc_fecnet')
-  train.validate_config(_load_config_module().get_config('runlocal'))
+  runlocal = _load_config_module().get_config('runlocal')
+  # Runlocal's batch of 2 is for one CPU device; tests/conftest.py simulates
+  # 8, which the trainer rightly refuses with the fix in the message.
+  with pytest.raises(ValueError, match='--config.batch_size=8'):
+    train.validate_config(runlocal)
+  runlocal.batch_size = 8
+  train.validate_config(runlocal)
 
 
 def test_schedule_halves_the_rate_at_the_decay_steps():
