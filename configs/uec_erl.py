@@ -22,24 +22,12 @@ Without :runlocal the same three commands train the full-size models. The
 baseline is configs/uec.py with the same arguments (minus erl.bcm_workdir).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
-  """configs/<name>.py's config (loaded by path: configs is no package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'_base_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from expcorr_jax import erl_stage3
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """configs/uec.py's config (`arg='runlocal'` too) with ERL switched on."""
-  config = _base_config('uec', arg)
-  config.erl.enabled = True
   # Required: --config.erl.bcm_workdir=<ERL stage-2 workdir>.
-  return config
+  return erl_stage3.base_config_with_erl(__file__, 'uec', arg)

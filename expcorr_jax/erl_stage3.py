@@ -23,6 +23,8 @@ trainer's `frozen` is {'task': own frozen params, 'erl': the BCM's
 `erl.regulariser` stops its gradient: only the corrector trains.
 """
 
+import importlib.util
+import os
 from typing import Any
 
 from absl import logging
@@ -53,6 +55,24 @@ def config_block() -> ml_collections.ConfigDict:
   block.weight = ERL_WEIGHT
   block.batch_attention = 'global'
   return block
+
+
+def base_config_with_erl(config_file: str, base_name: str,
+                         arg: str | None) -> ml_collections.ConfigDict:
+  """configs/<base_name>.py's config for `arg`, with ERL switched on.
+
+  For the `<method>_erl.py` configs: `config_file` is the calling config's
+  `__file__`, whose folder holds the base config (loaded by path: configs is
+  no package). erl.bcm_workdir stays to be set on the command line.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)),
+                      f'{base_name}.py')
+  spec = importlib.util.spec_from_file_location(f'_base_{base_name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.erl.enabled = True
+  return config
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:

@@ -153,6 +153,29 @@ def make_train_loader(config, train_source, **loader_kwargs):
                            config.data.normal_ev), **loader_kwargs)
 
 
+def _load_stage(workdir: str, model: str, stage: str, noun: str
+                ) -> tuple[Any, dict[str, Any], int]:
+  """(params, saved config, step) of an ERL stage's checkpoint in `workdir`.
+
+  Raises:
+    FileNotFoundError: no checkpoint there; the message gives the command
+      that trains one.
+    ValueError: it holds another kind of model than `model`.
+  """
+  try:
+    params, saved, step = checkpointing.load_params(workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f'No ERL {stage} ({noun}) checkpoint in {workdir} ({e}). Train it '
+        f'first:\n  {_train_command(model, workdir)}') from e
+  if saved.get('model') != model:
+    raise ValueError(
+        f'{workdir} holds a {saved.get("model")!r} checkpoint, not an ERL '
+        f'{stage} {noun} ({model!r}). Train one with:\n  '
+        f'{_train_command(model, f"<{stage} workdir>")}')
+  return params, saved, step
+
+
 def load_autoencoder(workdir: str | None,
                      erl_config: Any = None) -> dict[str, Any]:
   """Stage 1's {'encoder', 'decoder'} params from a workdir (or step folder).
@@ -171,17 +194,8 @@ def load_autoencoder(workdir: str | None,
         'ERL stage 2 needs the stage-1 auto-encoder: set '
         '--config.erl.autoencoder_workdir to the workdir of a run of\n  '
         + _train_command(AUTOENCODER, '<stage-1 workdir>'))
-  try:
-    params, saved, step = checkpointing.load_params(workdir)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f'No ERL stage-1 (auto-encoder) checkpoint in {workdir} ({e}). Train '
-        f'it first:\n  {_train_command(AUTOENCODER, workdir)}') from e
-  if saved.get('model') != AUTOENCODER:
-    raise ValueError(
-        f'{workdir} holds a {saved.get("model")!r} checkpoint, not an ERL '
-        f'stage-1 auto-encoder ({AUTOENCODER!r}). Train one with:\n  '
-        f'{_train_command(AUTOENCODER, "<stage-1 workdir>")}')
+  params, saved, step = _load_stage(workdir, AUTOENCODER, 'stage-1',
+                                    'auto-encoder')
   if erl_config is not None:
     different = {k: (saved['erl'][k], erl_config[k]) for k in _CONV_FIELDS
                  if saved['erl'][k] != erl_config[k]}
@@ -212,17 +226,7 @@ def load_bcm(workdir: str | None) -> dict[str, Any]:
         'ERL stage 3 (config.erl.enabled) needs a trained BCM: set '
         '--config.erl.bcm_workdir to the workdir of an ERL stage-2 run of\n  '
         + _train_command(BCM_MODEL, '<stage-2 workdir>'))
-  try:
-    params, saved, step = checkpointing.load_params(workdir)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f'No ERL stage-2 (BCM) checkpoint in {workdir} ({e}). Train it '
-        f'first:\n  {_train_command(BCM_MODEL, workdir)}') from e
-  if saved.get('model') != BCM_MODEL:
-    raise ValueError(
-        f'{workdir} holds a {saved.get("model")!r} checkpoint, not an ERL '
-        f'stage-2 BCM ({BCM_MODEL!r}). Train one with:\n  '
-        f'{_train_command(BCM_MODEL, "<stage-2 workdir>")}')
+  params, saved, step = _load_stage(workdir, BCM_MODEL, 'stage-2', 'BCM')
   try:
     stage1 = load_autoencoder(saved['erl']['autoencoder_workdir'],
                               saved['erl'])
