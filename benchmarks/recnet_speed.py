@@ -61,6 +61,7 @@ import optax
 from expcorr_jax import recnet_task
 from expcorr_jax import torch_checkpoint
 from expcorr_jax.models import recnet
+import timing  # benchmarks/timing.py; this folder is on sys.path.
 
 _SIZES = flags.DEFINE_list('sizes', ['1080p', '4k'],
                            'Inference sizes: 1080p, 4k or HxW (e.g. 540x960).')
@@ -80,15 +81,7 @@ _PEAK_SIZE = flags.DEFINE_integer('peak_size', None,
                                   'N of the N x N peak matmul (default: 2048 '
                                   'on a CPU, 8192 elsewhere).')
 
-NAMED_SIZES = {'1080p': (1080, 1920), '4k': (2160, 3840)}
 IMPLS = {'fast': 'fast', 'reference': 'lax'}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-  if text.lower() in NAMED_SIZES:
-    return NAMED_SIZES[text.lower()]
-  height, width = text.lower().split('x')
-  return int(height), int(width)
 
 
 def make_model(variant: str) -> recnet.RECNet:
@@ -138,22 +131,6 @@ def smooth_image(batch: int, height: int, width: int, seed: int = 0):
   return jax.image.resize(small, (batch, height, width, 3), 'bilinear')
 
 
-def _seconds(function, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(function(*args))
-  return time.perf_counter() - start
-
-
-def make_peak(size: int):
-  """(function, operands, FLOPs) of the float32 peak matmul."""
-  rng = np.random.default_rng(1)
-  a = jnp.asarray(rng.random((size, size), np.float32))
-  b = jnp.asarray(rng.random((size, size), np.float32))
-  matmul = jax.jit(lambda a, b: jnp.dot(
-      a, b, precision=jax.lax.Precision.HIGHEST))
-  return matmul, (a, b), 2 * size**3
-
-
 def compiled_flops(jitted, *args) -> tuple[float, float]:
   """(XLA's FLOP count of jitted(*args), seconds to lower and compile)."""
   start = time.perf_counter()
@@ -180,10 +157,10 @@ def time_rounds(function, args, peak) -> tuple[list[float], list[float]]:
   matmul, operands, _ = peak['op']
   times, peak_times = [], []
   for _ in range(_ROUNDS.value):
-    peak_seconds = min(_seconds(matmul, *operands) for _ in range(2))
+    peak_seconds = min(timing.seconds(matmul, *operands) for _ in range(2))
     peak['seconds'].append(peak_seconds)
     peak_times.append(peak_seconds)
-    times.append(_seconds(function, *args))
+    times.append(timing.seconds(function, *args))
   return times, peak_times
 
 
@@ -325,7 +302,7 @@ def profile_parts(variant: str, height: int, width: int, batch: int) -> None:
       jitted = jax.jit(f)
       flops, _ = compiled_flops(jitted, params, *args)
       jax.block_until_ready(jitted(params, *args))
-      times = [_seconds(jitted, params, *args) for _ in range(_ROUNDS.value)]
+      times = [timing.seconds(jitted, params, *args) for _ in range(_ROUNDS.value)]
       print(f'| {name} | {statistics.median(times) * 1e3:.1f} | '
             f'{flops / 1e9:.2f} |', flush=True)
 
@@ -353,30 +330,19 @@ def print_table(rows, peak) -> None:
           f'{r["max_diff"]:.1e} | {r["memory"]} | {r["load"]:.2f} |')
 
 
-def describe_machine() -> str:
-  device = jax.devices()[0]
-  threads = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-             else os.cpu_count())
-  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
-  return (f'device: {device.platform} {device.device_kind} '
-          f'(x{jax.device_count()}), CPU threads available: {threads}, '
-          f'jax {jax.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}'
-          f'\nload average at start: {load}')
-
-
 def main(argv):
   del argv
-  print(describe_machine())
+  print(timing.describe_machine())
   print(' '.join(['python'] + sys.argv))
   for variant in _VARIANTS.value:
     make_model(variant)  # Fails early on a bad name.
   cpu = jax.devices()[0].platform == 'cpu'
   size = _PEAK_SIZE.value or (2048 if cpu else 8192)
-  peak = {'op': make_peak(size), 'seconds': [], 'size': size}
-  _seconds(peak['op'][0], *peak['op'][1])  # Compiles.
+  peak = {'op': timing.make_peak(size), 'seconds': [], 'size': size}
+  timing.seconds(peak['op'][0], *peak['op'][1])  # Compiles.
   rows = []
   for text in _SIZES.value:
-    rows += benchmark_inference(*parse_size(text), peak)
+    rows += benchmark_inference(*timing.parse_size(text), peak)
   note = ''
   if _TRAIN.value:
     train_rows, note = benchmark_train(peak)
@@ -390,7 +356,7 @@ def main(argv):
         f'|output - first variant\'s|, training |loss - first variant\'s| '
         f'after one step. {note}')
   if _PROFILE.value:
-    height, width = parse_size(_SIZES.value[0])
+    height, width = timing.parse_size(_SIZES.value[0])
     for variant in _VARIANTS.value:
       profile_parts(variant, height, width, _TRAIN_BATCH.value)
   load = ' '.join(f'{x:.2f}' for x in os.getloadavg())

@@ -37,7 +37,6 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from expcorr_jax.models import uec
+import timing  # benchmarks/timing.py; this folder is on sys.path.
 
 _SIZES = flags.DEFINE_list('sizes', ['1080p', '4k'],
                            'Image sizes: 1080p, 4k or HxW (e.g. 720x1280).')
@@ -60,16 +60,8 @@ _PEAK_SIZE = flags.DEFINE_integer('peak_size', None,
                                   'on a CPU, 8192 elsewhere).')
 
 FLOPS_PER_PIXEL = 3 * 2 * (3 * 64 + 64 * 64 + 64 * 3)
-NAMED_SIZES = {'1080p': (1080, 1920), '4k': (2160, 3840)}
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
 _TOLERANCE = 1 / 255
-
-
-def parse_size(text: str) -> tuple[int, int]:
-  if text.lower() in NAMED_SIZES:
-    return NAMED_SIZES[text.lower()]
-  height, width = text.lower().split('x')
-  return int(height), int(width)
 
 
 def load_inputs(height: int, width: int):
@@ -94,21 +86,6 @@ def load_inputs(height: int, width: int):
   return params, image, reference, 'smooth random image, random weights'
 
 
-def _seconds(function, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(function(*args))
-  return time.perf_counter() - start
-
-
-def make_peak(dtype, size: int):
-  """(function, operands, FLOPs) of the peak matmul."""
-  rng = np.random.default_rng(1)
-  a = jnp.asarray(rng.random((size, size), np.float32), dtype)
-  b = jnp.asarray(rng.random((size, size), np.float32), dtype)
-  matmul = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
-  return matmul, (a, b), 2 * size**3
-
-
 def variants(dtype: str) -> dict[str, uec.UEC]:
   models = {}
   if _NAIVE.value:
@@ -119,17 +96,6 @@ def variants(dtype: str) -> dict[str, uec.UEC]:
   if dtype == 'bfloat16':
     models['fast bf16'] = uec.UEC(corrector_dtype=jnp.bfloat16)
   return models
-
-
-def describe_machine() -> str:
-  device = jax.devices()[0]
-  threads = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-             else os.cpu_count())
-  load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
-  return (f'device: {device.platform} {device.device_kind} '
-          f'(x{jax.device_count()}), CPU threads available: {threads}, '
-          f'jax {jax.__version__}, XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}'
-          f'\nload average at start: {load}')
 
 
 def benchmark_size(height, width, peaks, dtype) -> list[dict]:
@@ -148,9 +114,9 @@ def benchmark_size(height, width, peaks, dtype) -> list[dict]:
     for name, f in functions.items():
       peak_name = 'bfloat16' if name.endswith('bf16') else 'float32'
       matmul, operands, peak_flops = peaks[peak_name]['op']
-      peak_seconds = min(_seconds(matmul, *operands) for _ in range(2))
+      peak_seconds = min(timing.seconds(matmul, *operands) for _ in range(2))
       peaks[peak_name]['seconds'].append(peak_seconds)
-      seconds = _seconds(f, params, image, reference)
+      seconds = timing.seconds(f, params, image, reference)
       times[name].append(seconds)
       paired[name].append((flops / seconds) / (peak_flops / peak_seconds))
   rows = []
@@ -201,20 +167,21 @@ def print_table(rows, peaks) -> None:
 
 def main(argv):
   del argv
-  print(describe_machine())
+  print(timing.describe_machine())
   print(' '.join(['python'] + sys.argv))
   cpu = jax.devices()[0].platform == 'cpu'
   size = _PEAK_SIZE.value or (2048 if cpu else 8192)
-  peaks = {'float32': {'op': make_peak(jnp.float32, size), 'seconds': [],
+  peaks = {'float32': {'op': timing.make_peak(size), 'seconds': [],
                        'size': size}}
   if _DTYPE.value == 'bfloat16':
-    peaks['bfloat16'] = {'op': make_peak(jnp.bfloat16, size), 'seconds': [],
+    peaks['bfloat16'] = {'op': timing.make_peak(size, jnp.bfloat16),
+                         'seconds': [],
                          'size': size}
   for peak in peaks.values():
-    _seconds(*peak['op'][:1], *peak['op'][1])  # Compiles.
+    timing.seconds(*peak['op'][:1], *peak['op'][1])  # Compiles.
   rows = []
   for text in _SIZES.value:
-    rows += benchmark_size(*parse_size(text), peaks, _DTYPE.value)
+    rows += benchmark_size(*timing.parse_size(text), peaks, _DTYPE.value)
   print_table(rows, peaks)
   load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
   print(f'load average at end: {load}')
