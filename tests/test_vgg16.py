@@ -52,6 +52,43 @@ def test_forward_shape_and_first_layer(params):
   np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
+def _plain_vgg(params, x):
+  """features[:23] with plain 'same' convs: the reference for small maps."""
+  i = 0
+  for v in vgg16._CFG:  # pylint: disable=protected-access
+    if v == 'M':
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    else:
+      layer = params[f'Conv_{i}']
+      x = jax.nn.relu(jax.lax.conv_general_dilated(
+          x, layer['kernel'], (1, 1), ((1, 1), (1, 1)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          precision=jax.lax.Precision.HIGHEST) + layer['bias'])
+      i += 1
+  return x
+
+
+@pytest.mark.parametrize('size', [(16, 20), (8, 13), (24, 9)])
+def test_maps_smaller_than_the_kernel_give_the_plain_conv(params, size):
+  # 16 -> relu4_3 on 2x2 maps, 8 -> 1x1, 9 -> 1 column: the padded path
+  # (which avoids XLA:CPU's slow conv there) must give the same values and
+  # input gradients as plain convs.
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, *size, 3))
+  net = vgg16.VGG16Features()
+  ours = jax.jit(lambda x: net.apply({'params': params}, x))(x)
+  ref = jax.jit(lambda x: _plain_vgg(params, x))(x)
+  assert ours.shape == ref.shape == (2, size[0] // 8, size[1] // 8, 512)
+  assert float(jnp.abs(ref).max()) > 0.1  # Not a vacuous all-zero map.
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  probe = jax.random.normal(jax.random.PRNGKey(2), ref.shape)
+  grad_ours = jax.grad(
+      lambda x: jnp.sum(net.apply({'params': params}, x) * probe))(x)
+  grad_ref = jax.grad(lambda x: jnp.sum(_plain_vgg(params, x) * probe))(x)
+  scale = float(jnp.abs(grad_ref).max())
+  assert scale > 0
+  np.testing.assert_allclose(grad_ours, grad_ref, atol=1e-5 * scale)
+
+
 class _Payload:
   """Pickles to a call of os.system that would create `path`."""
 
