@@ -217,15 +217,26 @@ def as_pairs(source, dataset_name: str):
 
 @dataclasses.dataclass
 class PairedSample(grain.transforms.RandomMap):
-  """Paired record -> cropped/flipped (input, target, ev, ev_tag)."""
+  """Paired record -> cropped/flipped (input, target, ev, ev_tag).
+
+  With `channel_permute`, one random order of the RGB channels is applied to
+  both images of a pair (an augmentation; see `config.data.channel_permute`).
+  It is drawn after the crop and flips, so the crops and flips of a seed are
+  the same with it on or off.
+  """
   crop_size: int | None
   flip: bool
+  channel_permute: bool = False
 
   def random_map(self, record, rng: np.random.Generator) -> dict[str, Any]:
     image_in = decode(record['input'])
     target = _match_size(decode(record['target']), image_in.shape)
     image_in, target = crop_and_flip([image_in, target], rng, self.crop_size,
                                      self.flip)
+    if self.channel_permute:
+      order = rng.permutation(3)
+      image_in, target = (np.ascontiguousarray(image[..., order])
+                          for image in (image_in, target))
     return {'input': image_in, 'target': target,
             'ev': np.float32(record['ev']),
             'ev_tag': np.bytes_(_text(record['ev_tag']).encode())}
@@ -272,9 +283,10 @@ def uec_train_loader(source, *, crop_size: int | None, flip: bool,
 
 
 def paired_train_loader(source, *, crop_size: int | None, flip: bool,
+                        channel_permute: bool = False,
                         **loader_kwargs) -> grain.DataLoader:
-  return make_train_loader(source, PairedSample(crop_size, flip),
-                           **loader_kwargs)
+  return make_train_loader(
+      source, PairedSample(crop_size, flip, channel_permute), **loader_kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,7 +98,8 @@ def init_params(model: recnet.RECNet, config: ml_collections.ConfigDict,
 def make_train_loader(config, train_source, **loader_kwargs):
   return input_pipeline.paired_train_loader(
       input_pipeline.as_pairs(train_source, config.data.name),
-      crop_size=config.data.crop_size, flip=config.data.flip, **loader_kwargs)
+      crop_size=config.data.crop_size, flip=config.data.flip,
+      channel_permute=config.data.channel_permute, **loader_kwargs)
 
 
 def loss_config(config: ml_collections.ConfigDict

@@ -13,6 +13,7 @@ One module-scoped fixture builds the real 'multi_exposure/sample' TFDS dataset
 """
 
 import gc
+import itertools
 import time
 
 from absl import flags
@@ -437,6 +438,25 @@ def test_paired_loader_crops_pairs_alike_and_batches_ev_tags_as_bytes():
     assert crop_box(example['target']) == box
     flips.add(box[2:])
   assert len(flips) == 4
+
+
+def test_paired_channel_permutation_reorders_input_and_target_alike():
+  records = paired_records(8)
+  plain = elements(take(iter(paired_loader(records, batch=4, seed=5)), 6))
+  permuted = elements(take(iter(paired_loader(
+      records, batch=4, seed=5, channel_permute=True)), 6))
+  orders = set()
+  for got, want in zip(permuted, plain):
+    # Some single channel order maps both permuted images back to the plain
+    # loader's: the same crop and flips, one order for input and target.
+    matches = [order for order in itertools.permutations(range(3))
+               if np.array_equal(got['input'], want['input'][..., order]) and
+               np.array_equal(got['target'], want['target'][..., order])]
+    assert matches, 'input and target were not permuted alike'
+    # Where the position channel (2 in the plain frames) went.
+    orders.add(matches[0].index(2))
+    assert got['ev_tag'] == want['ev_tag']
+  assert orders == {0, 1, 2}
 
 
 def test_sequence_pairs_source_pairs_every_ev_with_ev_0():

@@ -73,6 +73,7 @@ def test_defaults_are_the_released_config():
   assert config.data.name == 'multi_exposure/sample'
   assert (config.batch_size, config.data.crop_size, config.data.flip) == (
       8, 384, True)
+  assert not config.data.channel_permute  # An augmentation of runlocal only.
   assert (config.optimizer.learning_rate, config.optimizer.b1,
           config.optimizer.b2) == (1e-4, 0.9, 0.99)
   assert tuple(config.optimizer.decay_steps) == (150_000, 225_000)
