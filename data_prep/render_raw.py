@@ -32,7 +32,6 @@ from typing import Any, NamedTuple, Sequence
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 import tqdm
 
 from data_prep import camera_tags

@@ -103,7 +103,6 @@ def ssim_map(x: jax.Array, y: jax.Array, *, max_val: float = 1.0,
   y, _ = _as_nhwc(y)
   dtype = jnp.result_type(x.dtype, y.dtype, jnp.float32)
   x, y = x.astype(dtype), y.astype(dtype)
-  c = x.shape[-1]
   if padding == 'valid' and min(x.shape[1:3]) < window_size:
     raise ValueError(f'image {x.shape[1:3]} smaller than the {window_size}x'
                      f'{window_size} window with padding="valid"')

@@ -22,7 +22,6 @@ from expcorr_jax import recnet_task
 from expcorr_jax import train
 from expcorr_jax import uec_task
 from expcorr_jax.models import erl
-from expcorr_jax.models import uec
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=2, encoder_layers=2, decoder_layers=2, token_size=4,
