@@ -7,7 +7,8 @@
   corrector = inference.Corrector.from_checkpoint('recnet.pth', model='recnet')
   out = corrector(images)
 
-`images` is HxWx3 or NxHxWx3, uint8, uint16 or float in [0, 1]; `out` is a
+`images` is HxWx3 or NxHxWx3, uint8, uint16 or float in [0, 1] (float
+rounding up to 1e-5 outside is clipped, anything more is refused); `out` is a
 float32 numpy array in [0, 1] of the same shape. A UEC corrector needs a
 reference (HxWx3 of any size) whose exposure the output should match; RECNet
 takes none. Both run at full resolution at any size: UEC is pixel-wise after
@@ -49,6 +50,9 @@ from expcorr_jax.models import uec
 _MAX_COMPILED = 16
 _INTEGER_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _DTYPES_TEXT = 'uint8, uint16 or float (in [0, 1])'
+# Float pixels this far outside [0, 1] are float rounding (e.g. 1.0000001
+# after a float resize) and are clipped; anything farther is refused.
+_FLOAT_RANGE_TOLERANCE = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,10 +220,13 @@ def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
       x = x.astype(np.float32)
     lo, hi = (float(np.min(x)), float(np.max(x))) if isinstance(
         x, np.ndarray) else (float(jnp.min(x)), float(jnp.max(x)))
-    if not (x.size == 0 or (lo >= 0 and hi <= 1)):  # NaN fails too.
+    tol = _FLOAT_RANGE_TOLERANCE
+    if not (x.size == 0 or (lo >= -tol and hi <= 1 + tol)):  # NaN fails too.
       raise ValueError(f'{what} are {dtype} with values in [{lo}, {hi}]; '
                        'float images must lie in [0, 1] (clip them, or pass '
                        'the uint8/uint16 pixels).')
+    if lo < 0 or hi > 1:  # Rounding from a float resize or colour transform.
+      x = np.clip(x, 0, 1) if isinstance(x, np.ndarray) else jnp.clip(x, 0, 1)
     return x
   raise ValueError(f'{what} have dtype {dtype}; expected {_DTYPES_TEXT}.')
 

@@ -199,6 +199,21 @@ def test_bad_inputs_say_what_was_expected(corrector, images, reference,
     corrector(images, reference)
 
 
+def test_float_rounding_just_outside_0_1_is_clipped(corrector):
+  rng = np.random.default_rng(3)
+  image = rng.uniform(0, 1, (8, 8, 3)).astype(np.float32)
+  reference = rng.uniform(0, 1, (8, 8, 3)).astype(np.float32)
+  rounded = image.copy()
+  rounded[0, 0] = [1.0000001, -2e-7, 1 + 9e-6]
+  clipped = np.clip(rounded, 0, 1)
+  np.testing.assert_array_equal(corrector(rounded, reference),
+                                corrector(clipped, reference))
+  beyond = image.copy()
+  beyond[0, 0, 0] = 1.001
+  with pytest.raises(ValueError, match='must lie in'):
+    corrector(beyond, reference)
+
+
 def test_checkpoint_errors(workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     inference.Corrector.from_checkpoint(tmp_path / 'missing')
