@@ -218,15 +218,15 @@ def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
   if jnp.issubdtype(dtype, jnp.floating):
     if dtype == np.float64:
       x = x.astype(np.float32)
-    lo, hi = (float(np.min(x)), float(np.max(x))) if isinstance(
-        x, np.ndarray) else (float(jnp.min(x)), float(jnp.max(x)))
+    xp = np if isinstance(x, np.ndarray) else jnp
+    lo, hi = float(xp.min(x)), float(xp.max(x))
     tol = _FLOAT_RANGE_TOLERANCE
     if not (x.size == 0 or (lo >= -tol and hi <= 1 + tol)):  # NaN fails too.
       raise ValueError(f'{what} are {dtype} with values in [{lo}, {hi}]; '
                        'float images must lie in [0, 1] (clip them, or pass '
                        'the uint8/uint16 pixels).')
     if lo < 0 or hi > 1:  # Rounding from a float resize or colour transform.
-      x = np.clip(x, 0, 1) if isinstance(x, np.ndarray) else jnp.clip(x, 0, 1)
+      x = xp.clip(x, 0, 1)
     return x
   raise ValueError(f'{what} have dtype {dtype}; expected {_DTYPES_TEXT}.')
 
