@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from expcorr_jax import recnet_task
-from expcorr_jax import torch_checkpoint
+from expcorr_jax.tasks import recnet as recnet_task
+from expcorr_jax.weights import unpickling
 from expcorr_jax.models import recnet
 import timing  # benchmarks/timing.py; this folder is on sys.path.
 
@@ -106,7 +106,7 @@ def benchmark_params(model: recnet.RECNet, seed: int = 0):
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 8, 8, 3)))['params']
   if os.path.isfile(_FIXTURE):
-    state_dict = torch_checkpoint.load_state_dict(_FIXTURE)
+    state_dict = unpickling.load_state_dict(_FIXTURE)
     if recnet.infer_config(state_dict) == dict(
         nc=model.nc, num_blocks=model.num_blocks, num_heads=model.num_heads,
         reduction=model.reduction, blur_size=model.blur_size):
@@ -227,9 +227,9 @@ def benchmark_train(peak) -> tuple[list[dict], str]:
     opt_state = optimizer.init(params)
 
     def step(params, opt_state, batch, frozen, model=model):
-      (loss, _), grads = jax.value_and_grad(
-          lambda p: recnet_task.loss_fn(model, p, batch, config, frozen),
-          has_aux=True)(params)
+      loss, grads = jax.value_and_grad(
+          lambda p: recnet_task.loss_fn(model, p, batch, config, frozen).loss
+      )(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss
 

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from expcorr_jax import pixels
 from expcorr_jax.models import uec
 import timing  # benchmarks/timing.py; this folder is on sys.path.
 
@@ -70,8 +71,8 @@ def load_inputs(height: int, width: int):
   golden = FIXTURES / 'uec' / 'uec_golden_exposure_errors.npz'
   if checkpoint.exists() and golden.exists():
     data = np.load(golden)
-    image = jnp.asarray(data['input_0'][None], jnp.float32) / 255
-    reference = jnp.asarray(data['reference'][None], jnp.float32) / 255
+    image = jnp.asarray(pixels.to_float(data['input_0'][None]))
+    reference = jnp.asarray(pixels.to_float(data['reference'][None]))
     image = jax.image.resize(image, (1, height, width, 3), 'bilinear')
     return (uec.load_official(checkpoint), jnp.clip(image, 0, 1), reference,
             'golden input_0 resized, official exposure-errors weights')

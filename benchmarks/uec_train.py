@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from expcorr_jax import train
-from expcorr_jax import uec_task
+from expcorr_jax.tasks import uec as uec_task
 
 _CONFIGS = flags.DEFINE_list('configs', ['default', 'runlocal'],
                              'configs/uec.py variants: default, runlocal.')

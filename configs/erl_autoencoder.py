@@ -18,9 +18,12 @@ erl.features / encoder_layers / decoder_layers (it checks).
 
 import ml_collections
 
+from expcorr_jax import config_args
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the stage-1 config; `arg='runlocal'` shrinks it for a CPU."""
+  arg = config_args.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.model = 'erl_autoencoder'
   config.seed = 0
@@ -59,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
 
-  if arg == 'runlocal':
+  if arg.runlocal:
     config.data.crop_size = 64
     config.data.worker_count = 0
     config.num_train_steps = 300
@@ -68,6 +71,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 100
     config.eval.max_images = 8
     config.optimizer.learning_rate = 1e-3
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use "runlocal" or none.')
   return config

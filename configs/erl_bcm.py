@@ -13,9 +13,9 @@ batch, plus the 1x1 fusion, with the paper's Fourier-phase pretext loss
 
 Give autoencoder_workdir as an absolute path; a step folder
 (`<workdir>/checkpoints/<step>`) pins the stage-1 weights, which stage 3 reads
-again (`erl_task.load_bcm`). Stage 3 trains a corrector with the regulariser:
-configs/uec_erl.py or configs/recnet_erl.py with
---config.erl.bcm_workdir=<this run's workdir>.
+again (`tasks.erl_pretext.load_bcm`). Stage 3 trains a corrector with the
+regulariser: configs/uec.py:erl or configs/recnet.py:erl with
+--config.regulariser.bcm_workdir=<this run's workdir>.
 
 From the paper: features resized to 16x16, one token per sample, t_e a
 transformer encoder over the batch, I' = f_d(1x1([F, F'])), the phase loss,
@@ -31,9 +31,12 @@ only each device's share.
 
 import ml_collections
 
+from expcorr_jax import config_args
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the stage-2 config; `arg='runlocal'` shrinks it for a CPU."""
+  arg = config_args.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.model = 'erl_bcm'
   config.seed = 0
@@ -84,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
 
-  if arg == 'runlocal':
+  if arg.runlocal:
     config.erl.token_size = 8  # Tokens of 512: 16x fewer t_e params.
     config.data.crop_size = 64
     config.data.worker_count = 0
@@ -99,6 +102,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # moves only 1.59 -> 1.57. At 1e-3 it falls to ~1.47, while the pixel L1
     # rises 0.04 -> 0.24 (the phase loss leaves amplitude free).
     config.optimizer.learning_rate = 1e-4
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use "runlocal" or none.')
   return config

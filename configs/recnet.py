@@ -5,7 +5,7 @@ Trains RECNet on (input, target) pairs, by default the embedded sample read as
 fresh machine); evaluates PSNR/SSIM (and LPIPS-VGG under 'recnet') per EV and
 per under/over group on the validation split under the 'recnet' and
 'enc_fecnet' protocols (see
-expcorr_jax/recnet_task.py), and writes checkpoints, TensorBoard summaries and
+expcorr_jax/tasks/recnet.py), and writes checkpoints, TensorBoard summaries and
 image grids to the workdir.
 
   python -m expcorr_jax.main --config=configs/recnet.py --workdir=/tmp/recnet
@@ -21,6 +21,16 @@ image grids to the workdir.
       --config.data.eval_split=test
   python -m expcorr_jax.main --config=configs/recnet.py --workdir=/tmp/lcdp \
       --config.data.name=lcdp --config.data.manual_dir=~/LCDP
+  # With ERL's sample-relationship regulariser (ERL stage 3, tasks/erl.py),
+  # after ERL stages 1 and 2 (configs/erl_autoencoder.py, configs/erl_bcm.py):
+  python -m expcorr_jax.main --config=configs/recnet.py:runlocal,erl \
+      --workdir=/tmp/recnet_erl_local \
+      --config.regulariser.bcm_workdir=/tmp/erl_bcm_local
+
+Config arguments (comma-separated): runlocal (a CPU-sized run), erl (adds
+config.regulariser: name 'erl', bcm_workdir, weight = the paper's alpha 0.1,
+batch_attention; the regulariser compares RECNet's output with the pair's
+target).
 
 Defaults follow the released training config: nc 8, 5 dual blocks, 2 heads;
 Adam lr 1e-4, betas (0.9, 0.99), batch 8, 384x384 crops with random flips,
@@ -33,11 +43,13 @@ produced the released weights, are the defaults.
 
 import ml_collections
 
-from expcorr_jax import erl_stage3
+from expcorr_jax import config_args
+from expcorr_jax.tasks import erl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the RECNet config; `arg='runlocal'` shrinks it for a CPU."""
+  """The RECNet config; `arg` 'runlocal' shrinks it for a CPU, 'erl' adds ERL."""
+  arg = config_args.parse_arg(arg, runlocal=False, erl=False)
   config = ml_collections.ConfigDict()
   config.model = 'recnet'
   config.model_nc = 8  # Feature width.
@@ -85,11 +97,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.ecr_weight = 0.1  # 0 skips the VGG16 ECR term entirely.
   config.loss.ecr_pool = 4  # Max pool before VGG in ECR (crops >= 8x this).
 
-  # ERL's sample-relationship regulariser (CVPR 2023), off here;
-  # configs/recnet_erl.py switches it on. Fields: erl.enabled, erl.bcm_workdir
-  # (an ERL stage-2 workdir), erl.weight (alpha, the paper's 0.1),
-  # erl.batch_attention ('global' or 'per_device'); see erl_stage3.py.
-  config.erl = erl_stage3.config_block()
 
   config.eval = ml_collections.ConfigDict()
   config.eval.protocols = ('recnet', 'enc_fecnet')
@@ -101,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
 
-  if arg == 'runlocal':
+  if arg.runlocal:
     # CPU-sized: one dual block at the released width (nc 8) on 96x96 crops,
     # batch 2, 5000 steps (LR 2e-3, halved at 4000). RECNet's channel-
     # attention logits are unnormalised sums over all pixels and its instance
@@ -133,6 +140,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 250
     config.eval_every_steps = 1_000_000  # Only the final evaluation.
     config.checkpoint_every_steps = 1000
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use "runlocal" or none.')
+  if arg.erl:
+    # ERL stage 3: the sample-relationship regulariser (tasks/erl.py);
+    # set --config.regulariser.bcm_workdir=<an ERL stage-2 workdir>.
+    config.regulariser = erl.config_block()
   return config

@@ -11,6 +11,17 @@ checkpoints, TensorBoard summaries and image grids to the workdir.
   # Another dataset or override:
   python -m expcorr_jax.main --config=configs/uec.py --workdir=/tmp/uec \
       --config.data.name=multi_exposure/raw --config.data.manual_dir=~/raws
+  # With ERL's sample-relationship regulariser (ERL stage 3, tasks/erl.py),
+  # after ERL stages 1 and 2 (configs/erl_autoencoder.py, configs/erl_bcm.py;
+  # absolute workdirs):
+  python -m expcorr_jax.main --config=configs/uec.py:runlocal,erl \
+      --workdir=/tmp/uec_erl_local --config.regulariser.bcm_workdir=/tmp/erl_bcm_local
+
+Config arguments (comma-separated): runlocal (a CPU-sized run), erl (adds
+config.regulariser: name 'erl', bcm_workdir, weight = the paper's alpha 0.1,
+batch_attention). With ERL the regulariser compares the three-pass
+restoration towards the target frame with that frame; inference is unchanged
+(the checkpoint holds UEC's params only).
 
 Defaults follow the released training code: Adam lr 1e-4, beta1 0.9, 448x448
 crops, loss = restoration (three passes, MSE to the target frame) +
@@ -22,11 +33,13 @@ the notes; 8 and 100k are this project's choices.
 
 import ml_collections
 
-from expcorr_jax import erl_stage3
+from expcorr_jax import config_args
+from expcorr_jax.tasks import erl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the UEC config; `arg='runlocal'` shrinks it for a CPU."""
+  """The UEC config; `arg` 'runlocal' shrinks it for a CPU, 'erl' adds ERL."""
+  arg = config_args.parse_arg(arg, runlocal=False, erl=False)
   config = ml_collections.ConfigDict()
   config.model = 'uec'
   # The exposure encoder sees inputs resized to this height (official: 256).
@@ -57,11 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.monotonicity_weight = 1.0
   config.loss.tv_weight = 0.0  # The paper's 0.1; the released code drops it.
 
-  # ERL's sample-relationship regulariser (CVPR 2023), off here;
-  # configs/uec_erl.py switches it on. Fields: erl.enabled, erl.bcm_workdir
-  # (an ERL stage-2 workdir), erl.weight (alpha, the paper's 0.1),
-  # erl.batch_attention ('global' or 'per_device'); see erl_stage3.py.
-  config.erl = erl_stage3.config_block()
 
   config.eval = ml_collections.ConfigDict()
   # 'sample': a well-exposed frame of the embedded sample; or an image path.
@@ -75,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
 
-  if arg == 'runlocal':
+  if arg.runlocal:
     config.model_encoder_height = 128  # 4x fewer encoder FLOPs on a CPU.
     config.data.crop_size = 128
     config.data.worker_count = 0
@@ -85,6 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 200  # Only the final evaluation.
     config.checkpoint_every_steps = 100
     config.optimizer.learning_rate = 1e-3
-  elif arg:
-    raise ValueError(f'Unknown config argument {arg!r}; use "runlocal" or none.')
+  if arg.erl:
+    # ERL stage 3: the sample-relationship regulariser (tasks/erl.py);
+    # set --config.regulariser.bcm_workdir=<an ERL stage-2 workdir>.
+    config.regulariser = erl.config_block()
   return config

@@ -144,12 +144,3 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
   with open(partial, 'wb') as f:
     f.write(encode_png(image))
   os.replace(partial, path)
-
-
-def to_float(image: np.ndarray) -> np.ndarray:
-  """uint8/uint16 -> float32 in [0, 1]; floats pass through as float32."""
-  if image.dtype == np.uint8:
-    return image.astype(np.float32) / 255.0
-  if image.dtype == np.uint16:
-    return image.astype(np.float32) / 65535.0
-  return image.astype(np.float32)

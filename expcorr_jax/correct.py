@@ -50,6 +50,7 @@ import tqdm
 from data_prep import cli
 from data_prep import image_codec
 from expcorr_jax import inference
+from expcorr_jax import pixels
 
 IMAGE_EXTENSIONS = frozenset(('.jpg', '.jpeg', '.png', '.tif', '.tiff'))
 BITS_CHOICES = ('auto', '8', '16')
@@ -147,13 +148,6 @@ def _output_bits(image: np.ndarray, bits: str) -> int:
   return int(bits)
 
 
-def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
-  """Float32 in [0, 1] -> uint8 or uint16, rounding to the nearest level."""
-  if bits == 16:
-    return np.round(image * 65535.0).astype(np.uint16)
-  return np.round(image * 255.0).astype(np.uint8)
-
-
 def correct_files(corrector: inference.Corrector,
                   inputs: Sequence[str | os.PathLike[str]],
                   output_dir: str | os.PathLike[str], *,
@@ -233,8 +227,9 @@ def correct_files(corrector: inference.Corrector,
         fail(path, str(e))
         bar.update()
         continue
-      pixels = _quantize(corrected, _output_bits(image, bits))
-      writes.append((path, pool.submit(image_codec.write_png, out, pixels)))
+      stored = pixels.to_integer(
+          corrected, np.uint16 if _output_bits(image, bits) == 16 else np.uint8)
+      writes.append((path, pool.submit(image_codec.write_png, out, stored)))
       while len(writes) > _PENDING_WRITES:
         finish_write()
       bar.update()
@@ -253,9 +248,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       'should match (UEC).', flag_values=flag_values)
   flags.DEFINE_string('output_dir', None, 'Directory for <stem>.png outputs.',
                       flag_values=flag_values)
-  flags.DEFINE_enum('model', 'uec', list(inference.SUPPORTED_MODELS),
-                    'The kind of model the checkpoint holds.',
-                    flag_values=flag_values)
+  flags.DEFINE_string('model', 'uec', 'The method whose checkpoint it is: '
+                      'uec, recnet, or the module path of a task of your '
+                      'own (as config.model).', flag_values=flag_values)
   flags.DEFINE_enum('bits', 'auto', list(BITS_CHOICES), 'Bits per PNG '
                     'channel; auto: 16 for 16-bit inputs, else 8.',
                     flag_values=flag_values)

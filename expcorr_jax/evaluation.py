@@ -10,33 +10,34 @@ Metrics are computed on uint8 RGB images, as the papers report them:
   protocol used.
 - LPIPS (VGG, v0.1 linear weights; see `lpips.py`) where the protocol asks.
 
-What a protocol measures is looked up by its name in `PROTOCOL_METRICS`
-(unknown names, e.g. UEC's 'full' and 'uec256', get RGB SSIM and no LPIPS):
-  'recnet':     RGB SSIM, LPIPS (RECNet's test code: stored resolution).
-  'enc_fecnet': grayscale SSIM (ENC / FECNet / ERL papers; inputs and targets
-                bilinearly resized up to a multiple of 4, see
-                `resize_to_multiple`).
-Every report also scores the identity baseline (the input itself as the
-output), the bar any corrector must clear, and summarises per EV tag, per
+What each protocol feeds the model and measures is its `Protocol`
+(`tasks/contract.py`; shared ones in `protocols.py`, a method's own in its
+task). Every report also scores the identity baseline (the input itself as
+the output), the bar any corrector must clear, and summarises per EV tag, per
 exposure group ('under' / 'over', see `exposure_group`) and over 'all'.
+
+One code path scores a method for training's periodic evaluation and for
+any other caller: `pair_corrector` turns a task, its network and params into
+the (pair, protocol) -> uint8 (input, output, target) function that
+`evaluate` scores.
 """
 
 import collections
-import dataclasses
 import functools
 import json
 import math
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from expcorr_jax import input_pipeline
-from expcorr_jax import ssim as ssim_lib
+from expcorr_jax import pixels
+from expcorr_jax.metrics import ssim as ssim_lib
+from expcorr_jax.tasks import contract
 
 SSIM_VARIANTS = {
     'rgb': 'gaussian11_sigma1.5_rgb_valid',
@@ -44,30 +45,6 @@ SSIM_VARIANTS = {
 }
 SSIM_VARIANT = SSIM_VARIANTS['rgb']  # The default.
 GROUPS = ('under', 'over')
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtocolMetrics:
-  """How a protocol scores its uint8 images.
-
-  Attributes:
-    ssim_color: 'rgb' (SSIM averaged over the three channels) or 'gray'
-      (SSIM of the BT.601 luma).
-    lpips: whether to compute LPIPS-VGG (costly on a CPU: three VGG16 passes
-      per image at full resolution).
-  """
-  ssim_color: str = 'rgb'
-  lpips: bool = False
-
-
-PROTOCOL_METRICS = {
-    'recnet': ProtocolMetrics(ssim_color='rgb', lpips=True),
-    'enc_fecnet': ProtocolMetrics(ssim_color='gray', lpips=False),
-}
-
-
-def protocol_metrics(protocol: str) -> ProtocolMetrics:
-  return PROTOCOL_METRICS.get(protocol, ProtocolMetrics())
 
 
 def psnr(output: np.ndarray, target: np.ndarray) -> float:
@@ -98,38 +75,6 @@ def ssim(output: np.ndarray, target: np.ndarray, color: str = 'rgb') -> float:
     return float(_ssim_uint8(output, target))
 
 
-def resize_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
-  """Float32 [0, 1] image resized UP to the next multiple of `multiple`.
-
-  As the ENC / FECNet loaders do it: the image is converted to float, each
-  side rounded up to a multiple of 4, and resized with cv2's bilinear filter
-  (INTER_LINEAR, half-pixel centres); sizes already a multiple are kept
-  unchanged.
-  """
-  if image.dtype == np.uint8:
-    image = image.astype(np.float32) / 255.0
-  elif image.dtype == np.uint16:
-    image = image.astype(np.float32) / 65535.0
-  else:
-    image = image.astype(np.float32)
-  height, width = image.shape[:2]
-  new_height = -(-height // multiple) * multiple
-  new_width = -(-width // multiple) * multiple
-  if (new_height, new_width) == (height, width):
-    return image
-  return cv2.resize(image, (new_width, new_height),
-                    interpolation=cv2.INTER_LINEAR)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  """Float [0, 1] (or uint16) -> uint8, rounded; uint8 passes through."""
-  if image.dtype == np.uint8:
-    return image
-  if image.dtype == np.uint16:
-    image = image.astype(np.float32) / 65535.0
-  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def exposure_group(tag: str) -> str | None:
   """'under', 'over' or None (no group) for an EV tag, as the papers group.
 
@@ -151,7 +96,7 @@ def exposure_group(tag: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _lpips_metric():
-  from expcorr_jax import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  from expcorr_jax.metrics import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
   return lpips_lib.LPIPS()
 
 
@@ -165,10 +110,57 @@ def _summary(scores: dict[str, list[float]]) -> dict:
   return summary
 
 
+def load_reference(config) -> np.ndarray:
+  """The fixed evaluation reference, `config.eval.reference`, as float32.
+
+  'sample' is a well-exposed frame of the embedded sample; anything else is
+  an image path. Methods that take a reference (`Task.needs_reference`)
+  correct every evaluation input towards it.
+  """
+  if config.eval.reference == 'sample':
+    from data_prep import sample_scenes  # pylint: disable=g-import-not-at-top
+    image = sample_scenes.well_exposed_reference()
+  else:
+    from data_prep import image_codec  # pylint: disable=g-import-not-at-top
+    image = image_codec.read_image(config.eval.reference)
+  return pixels.to_float(image)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_correction(task: contract.Task, model: Any) -> Callable:
+  return jax.jit(functools.partial(task.apply_correction, model))
+
+
+def pair_corrector(task: contract.Task, model: Any, params: Any,
+                   reference: np.ndarray | None = None
+                   ) -> Callable[[input_pipeline.EvalPair, contract.Protocol],
+                                 tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(pair, protocol) -> uint8 (input, output, target) for `evaluate`.
+
+  Args:
+    task: the method.
+    model: its network.
+    params: the params `task.correct` runs with (for ERL stage 2 those of
+      `task.correction_params`).
+    reference: float32 HxWx3 for methods that take one, else None.
+  """
+  correct = _jitted_correction(task, model)
+
+  def correct_pair(pair, protocol):
+    prepared = protocol.prepare(pair, reference)
+    ref = None if prepared.reference is None else prepared.reference[None]
+    output = correct(params, prepared.model_input[None], ref)[0]
+    return (prepared.shown_input, protocol.quantise(np.asarray(output)),
+            prepared.target)
+
+  return correct_pair
+
+
 def evaluate(pairs: Iterable[input_pipeline.EvalPair],
-             correct: Callable[[input_pipeline.EvalPair, str],
+             correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
                                tuple[np.ndarray, np.ndarray, np.ndarray]],
-             protocols: Iterable[str], *, num_grid_images: int = 0,
+             protocols: Sequence[contract.Protocol], *,
+             num_grid_images: int = 0,
              grid_reference: np.ndarray | None = None,
              lpips: bool | None = None) -> tuple[dict, list]:
   """Scores `correct` on every pair under each protocol.
@@ -176,48 +168,48 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
   Args:
     pairs: evaluation pairs (input, target, EV tag).
     correct: (pair, protocol) -> uint8 (input, output, target) as the
-      protocol defines them (resizing, rounding).
-    protocols: protocol names (see `PROTOCOL_METRICS`).
+      protocol defines them (resizing, rounding); `pair_corrector` makes one
+      for a method.
+    protocols: the protocols (`protocols.resolve` finds them by name).
     num_grid_images: how many pairs to keep for an image grid.
     grid_reference: the reference image to show in the grid, if any.
     lpips: None: LPIPS where the protocol asks for it; True / False: for
       every protocol / for none.
 
   Returns:
-    (report, grid_rows): the report maps protocol -> {'per_ev': {tag:
+    (report, grid_rows): the report maps protocol name -> {'per_ev': {tag:
     {psnr, ssim, identity_psnr, identity_ssim[, lpips, identity_lpips],
     count}}, 'under': {...}, 'over': {...} (groups with members only),
     'all': {...}, 'ssim_variant': str, 'lpips_variant': str or None};
     grid_rows are lists of images (input, output, target[, reference]).
   """
   protocols = list(protocols)
-  specs = {p: protocol_metrics(p) for p in protocols}
-  with_lpips = {p: specs[p].lpips if lpips is None else lpips
-                for p in protocols}
-  scores = {p: collections.defaultdict(lambda: collections.defaultdict(list))
-            for p in protocols}
+  with_lpips = {p.name: p.lpips if lpips is None else lpips for p in protocols}
+  scores = {p.name: collections.defaultdict(
+      lambda: collections.defaultdict(list)) for p in protocols}
   grid_rows = []
   for pair in pairs:
     for protocol in protocols:
       image_in, output, target = correct(pair, protocol)
-      color = specs[protocol].ssim_color
-      by_tag = scores[protocol][pair.ev_tag]
+      color = protocol.ssim_color
+      by_tag = scores[protocol.name][pair.ev_tag]
       by_tag['psnr'].append(psnr(output, target))
       by_tag['ssim'].append(ssim(output, target, color))
       by_tag['identity_psnr'].append(psnr(image_in, target))
       by_tag['identity_ssim'].append(ssim(image_in, target, color))
-      if with_lpips[protocol]:
+      if with_lpips[protocol.name]:
         distances = _lpips_metric()(np.stack([output, image_in]),
                                     np.stack([target, target]))
         by_tag['lpips'].append(float(distances[0]))
         by_tag['identity_lpips'].append(float(distances[1]))
-      if protocol == protocols[0] and len(grid_rows) < num_grid_images:
+      if protocol is protocols[0] and len(grid_rows) < num_grid_images:
         row = [image_in, output, target]
         if grid_reference is not None:
           row.append(grid_reference)
         grid_rows.append(row)
   report = {}
-  for protocol, by_tag in scores.items():
+  for protocol in protocols:
+    by_tag = scores[protocol.name]
     result = {'per_ev': {}}
     merged = {group: collections.defaultdict(list)
               for group in GROUPS + ('all',)}
@@ -235,14 +227,15 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
                      {'psnr': float('nan'), 'ssim': float('nan'),
                       'identity_psnr': float('nan'),
                       'identity_ssim': float('nan'), 'count': 0})
-    result['ssim_variant'] = SSIM_VARIANTS[specs[protocol].ssim_color]
-    result['lpips_variant'] = _lpips_variant() if with_lpips[protocol] else None
-    report[protocol] = result
+    result['ssim_variant'] = SSIM_VARIANTS[protocol.ssim_color]
+    result['lpips_variant'] = (_lpips_variant() if with_lpips[protocol.name]
+                               else None)
+    report[protocol.name] = result
   return report, grid_rows
 
 
 def _lpips_variant() -> str:
-  from expcorr_jax import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
+  from expcorr_jax.metrics import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
   return lpips_lib.VARIANT
 
 
@@ -311,8 +304,7 @@ def image_grid(rows: list[list[np.ndarray]], height: int = 192) -> np.ndarray:
   for row in rows:
     tiles = []
     for image in row:
-      if image.dtype != np.uint8:
-        image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+      image = pixels.to_uint8(image)
       width = max(1, round(image.shape[1] * height / image.shape[0]))
       tiles.append(np.asarray(Image.fromarray(image).resize(
           (width, height), Image.BILINEAR)))

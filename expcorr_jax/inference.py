@@ -21,19 +21,20 @@ from one camera compiles once and every later photo reuses that executable
 The integer-to-float conversion runs on the device, so uint8 photos cross to
 an accelerator at a quarter of the float32 size.
 
-Each kind of model has a `_Method` entry in `_METHODS` (its module class, how
-to load official weights and to apply it, whether it needs a reference). A
-training checkpoint's model is built from its saved config, whose
-`model_<field>` entries set the module's fields (e.g. `model_encoder_height`
--> `UEC.encoder_height`, `model_nc` -> `RECNet.nc`); an official `.pth`
-sets them from its weights' shapes (a RECNet of any width and depth).
+A model is corrected by its method's task (`expcorr_jax/tasks/<method>.py`,
+found by name: `tasks.get_task`): `Task.correct` applies it, and its
+`InferenceHooks` give the network class, how to load official weights and
+which sizes it cannot take. A training checkpoint's model is built from its
+saved config, whose `model_<field>` entries set the module's fields (e.g.
+`model_encoder_height` -> `UEC.encoder_height`, `model_nc` -> `RECNet.nc`);
+an official `.pth` sets them from its weights' shapes (a RECNet of any width
+and depth).
 """
 
 import collections
-import dataclasses
 import functools
 import os
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,148 +42,46 @@ import jax.numpy as jnp
 import numpy as np
 
 from expcorr_jax import checkpointing
-from expcorr_jax import torch_checkpoint
-from expcorr_jax.models import recnet
-from expcorr_jax.models import uec
+from expcorr_jax import pixels
+from expcorr_jax import tasks
+from expcorr_jax.tasks import contract
 
 # Executables kept (shared by all correctors); each is small, but a folder of
 # photos of many sizes should not hold one per size forever.
 _MAX_COMPILED = 16
-_INTEGER_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _DTYPES_TEXT = 'uint8, uint16 or float (in [0, 1])'
 # Float pixels this far outside [0, 1] are float rounding (e.g. 1.0000001
 # after a float resize) and are clipped; anything farther is refused.
 _FLOAT_RANGE_TOLERANCE = 1e-5
+_MODELS_PACKAGE = 'expcorr_jax.models.'
 
 
-@dataclasses.dataclass(frozen=True)
-class _Method:
-  """What inference needs to know about one kind of model.
-
-  Attributes:
-    module_type: the Flax module class.
-    needs_reference: whether the model corrects towards a reference image.
-    load_official: path of an official `.pth` checkpoint -> (params, module
-      fields read off the weights, e.g. RECNet's width).
-    example_inputs: (image, reference or None) shapes for `init`, used to
-      check that loaded params fit the model.
-    apply: (module, params, images, reference) -> corrected images; images
-      NHWC float32 in [0, 1], reference 1HWC float32 or None.
-    check_size: (module, height, width) -> None; raises ValueError for image
-      sizes the model cannot process.
-  """
-  module_type: type[nn.Module]
-  needs_reference: bool
-  load_official: Callable[[str], tuple[Any, dict[str, Any]]]
-  example_inputs: tuple[tuple[int, ...], tuple[int, ...] | None]
-  apply: Callable[..., jax.Array]
-  check_size: Callable[[nn.Module, int, int], None]
+def _task(name: str) -> contract.Task:
+  """The task of method `name`, which must support inference."""
+  try:
+    task = tasks.get_task(name)
+  except ValueError as e:
+    raise ValueError(f'Inference does not support model {name!r}: {e}') from e
+  if task.inference is None:
+    raise ValueError(f'Inference does not support model {name!r}: its '
+                     'checkpoints are not correctors.')
+  return task
 
 
-def _uec_apply(module: uec.UEC, params: Any, images: jax.Array,
-               reference: jax.Array) -> jax.Array:
-  """The official inference: three passes towards the reference."""
-  return module.apply({'params': params}, images, reference, 3,
-                      method=uec.UEC.multi_pass)
+def _method_of(model: nn.Module) -> str:
+  """The method of a built-in network: models/<method>.py's class."""
+  module_name = type(model).__module__
+  if module_name.startswith(_MODELS_PACKAGE):
+    return module_name[len(_MODELS_PACKAGE):]
+  raise ValueError(
+      f'Inference does not support {type(model).__name__} models as such: '
+      'pass method=<the task\'s name or module path> to Corrector.')
 
 
-# The encoder's first conv (7x7, stride 2, padding 1) needs 5 columns.
-_UEC_MIN_ENCODER_WIDTH = 5
-
-
-def _uec_check_size(module: uec.UEC, height: int, width: int) -> None:
-  """UEC resizes inputs to (encoder_height, width alike): not too narrow."""
-  size = uec.encoder_size(height, width, module.encoder_height)
-  if size[1] < _UEC_MIN_ENCODER_WIDTH:
-    raise ValueError(
-        f'A {height}x{width} image is too narrow for UEC: its exposure encoder '
-        f'sees it resized to {size[0]}x{size[1]}, and needs at least '
-        f'{_UEC_MIN_ENCODER_WIDTH} columns (width/height >= '
-        f'{_UEC_MIN_ENCODER_WIDTH}/{module.encoder_height}).')
-
-
-def _recnet_load_official(path: str) -> tuple[Any, dict[str, Any]]:
-  """Params and RECNet(nc, num_blocks, ...) of an official state_dict."""
-  state_dict = torch_checkpoint.load_state_dict(path)
-  return recnet.params_from_torch(state_dict), recnet.infer_config(state_dict)
-
-
-def _recnet_apply(module: recnet.RECNet, params: Any, images: jax.Array,
-                  reference: None) -> jax.Array:
-  """The network's corrected image (its mask and features are dropped)."""
-  del reference
-  return module.apply({'params': params}, images).output
-
-
-def _any_size(module: nn.Module, height: int, width: int) -> None:
-  del module, height, width
-
-
-_METHODS: dict[str, _Method] = {
-    'uec': _Method(
-        module_type=uec.UEC,
-        needs_reference=True,
-        load_official=lambda path: (uec.load_official(path), {}),
-        example_inputs=((1, 32, 32, 3), (1, 32, 32, 3)),
-        apply=_uec_apply,
-        check_size=_uec_check_size),
-    'recnet': _Method(
-        module_type=recnet.RECNet,
-        needs_reference=False,
-        load_official=_recnet_load_official,
-        example_inputs=((1, 16, 16, 3), None),
-        apply=_recnet_apply,
-        check_size=_any_size),
-}
-SUPPORTED_MODELS = tuple(sorted(_METHODS))
-
-
-def _method(name: str) -> _Method:
-  if name not in _METHODS:
-    raise ValueError(f'Inference does not support model {name!r} yet; '
-                     f'supported: {list(SUPPORTED_MODELS)}.')
-  return _METHODS[name]
-
-
-def _method_name_of(module: nn.Module) -> str:
-  for name, method in _METHODS.items():
-    if isinstance(module, method.module_type):
-      return name
-  raise ValueError(f'Inference does not support {type(module).__name__} '
-                   f'models yet; supported: {list(SUPPORTED_MODELS)}.')
-
-
-def _module_fields(module_type: type[nn.Module]) -> list[str]:
-  return [f.name for f in dataclasses.fields(module_type)
-          if f.init and f.name not in ('parent', 'name')]
-
-
-def _build_module(name: str, config: dict[str, Any],
-                  overrides: dict[str, Any]) -> nn.Module:
-  """The module of a training config, whose `model_<field>` set its fields.
-
-  E.g. config['model_encoder_height'] becomes UEC(encoder_height=...);
-  `overrides` (field names) win over the config.
-  """
-  module_type = _method(name).module_type
-  fields = _module_fields(module_type)
-  unknown = sorted(set(overrides) - set(fields))
-  if unknown:
-    raise ValueError(f'Unknown {module_type.__name__} settings {unknown}; '
-                     f'valid: {fields}.')
-  kwargs = {f: config[f'model_{f}'] for f in fields if f'model_{f}' in config}
-  kwargs.update(overrides)
-  return module_type(**kwargs)
-
-
-def _check_params(name: str, module: nn.Module, params: Any) -> None:
+def _check_params(task: contract.Task, module: nn.Module, params: Any) -> None:
   """Raises ValueError naming the mismatch if params do not fit `module`."""
-  image_shape, reference_shape = _method(name).example_inputs
-  inputs = [jnp.zeros(image_shape, jnp.float32)]
-  if reference_shape is not None:
-    inputs.append(jnp.zeros(reference_shape, jnp.float32))
   expected = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), *inputs))['params']
+      lambda: task.init_params(module, jax.random.key(0)))
   expected_shapes = jax.tree.map(lambda a: tuple(a.shape), expected)
   try:
     actual_shapes = jax.tree.map(lambda a: tuple(np.shape(a)), params)
@@ -213,7 +112,7 @@ def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
   if not isinstance(x, (np.ndarray, jax.Array)):
     x = np.asarray(x)
   dtype = np.dtype(x.dtype)
-  if dtype in _INTEGER_SCALES:
+  if pixels.is_integer_pixels(dtype):
     return x
   if jnp.issubdtype(dtype, jnp.floating):
     if dtype == np.float64:
@@ -231,39 +130,42 @@ def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
   raise ValueError(f'{what} have dtype {dtype}; expected {_DTYPES_TEXT}.')
 
 
-def _to_unit_float(x: jax.Array) -> jax.Array:
-  """uint8/uint16 -> float32 in [0, 1] (on the device); floats -> float32."""
-  scale = _INTEGER_SCALES.get(np.dtype(x.dtype))
-  if scale is None:
-    return x.astype(jnp.float32)
-  return x.astype(jnp.float32) / scale
-
-
 class Corrector:
   """Corrects photos with one model and its params; see the module docstring.
 
   Attributes:
     model: the Flax module.
     params: its params, on the default device.
-    model_name: 'uec' or 'recnet' (the key of `_METHODS`).
+    model_name: the method's name, e.g. 'uec' or 'recnet' (its task's).
     needs_reference: whether calls must pass a reference image.
     num_compilations: how many executables this corrector compiled so far:
       one per distinct (images shape, dtype, reference shape, dtype), fewer
       where a corrector of an equal model compiled them already.
   """
 
-  def __init__(self, model: nn.Module, params: Any):
+  def __init__(self, model: nn.Module, params: Any,
+               method: str | None = None):
     """Wraps `model` and its `params` (e.g. `uec.load_official(path)`).
+
+    Args:
+      model: the network.
+      params: its params.
+      method: the task's name or module path (`tasks.get_task`); None for a
+        network of `expcorr_jax/models/<method>.py`, whose method it is.
 
     Raises:
       ValueError: the model kind is not supported, or the params do not fit.
     """
-    self.model_name = _method_name_of(model)
-    self._method = _METHODS[self.model_name]
-    _check_params(self.model_name, model, params)
+    self.model_name = _method_of(model) if method is None else method
+    self._task = _task(self.model_name)
+    module_type = self._task.inference.module_type
+    if not isinstance(model, module_type):
+      raise ValueError(f'A {type(model).__name__} is not a '
+                       f'{self.model_name!r} network ({module_type.__name__}).')
+    _check_params(self._task, model, params)
     self.model = model
     self.params = jax.device_put(params)
-    self.needs_reference = self._method.needs_reference
+    self.needs_reference = self._task.needs_reference
     self.num_compilations = 0
 
   @classmethod
@@ -275,7 +177,8 @@ class Corrector:
       path: an official PyTorch `.pth` file, or a training workdir, its
         `checkpoints/` folder or one step's folder (the latest step unless a
         step folder is given).
-      model: the kind of model the checkpoint holds: 'uec' or 'recnet'.
+      model: the method whose checkpoint it is, e.g. 'uec' or 'recnet' (a
+        task name or module path, as `config.model`).
       **overrides: model settings (module fields, e.g. encoder_height=256)
         that replace those of the saved training config, or those read off
         an official checkpoint's weights.
@@ -285,12 +188,15 @@ class Corrector:
       ValueError: `model` is unsupported, the checkpoint holds another model,
         or the weights do not fit the model.
     """
-    _method(model)
+    hooks = _task(model).inference
     path = os.fspath(path)
     if path.lower().endswith('.pth'):
       if not os.path.isfile(path):
         raise FileNotFoundError(f'No checkpoint file {path}.')
-      params, fields = _method(model).load_official(path)
+      if hooks.load_official is None:
+        raise ValueError(f'{model!r} has no official weights to read from '
+                         f'{path}; give a training workdir instead.')
+      params, fields = hooks.load_official(path)
       config = {f'model_{k}': v for k, v in fields.items()}
     else:
       if not os.path.exists(path):
@@ -305,7 +211,8 @@ class Corrector:
         raise ValueError(
             f'{path} holds a {saved!r} checkpoint, not {model!r}: load it '
             f'with model={saved!r}.')
-    return cls(_build_module(model, config, overrides), params)
+    return cls(contract.build_module(hooks.module_type, config, overrides),
+               params, method=model)
 
   def __call__(self, images: Any, reference: Any = None) -> np.ndarray:
     """Corrects HxWx3 or NxHxWx3 images; returns float32 in [0, 1] alike.
@@ -325,7 +232,9 @@ class Corrector:
                        'NxHxWx3 RGB with N, H, W >= 1.')
     single = images.ndim == 3
     batch = images[None] if single else images
-    self._method.check_size(self.model, batch.shape[1], batch.shape[2])
+    if self._task.inference.check_size is not None:
+      self._task.inference.check_size(self.model, batch.shape[1],
+                                      batch.shape[2])
     if self.needs_reference:
       if reference is None:
         raise ValueError(f'{self.model_name} needs a reference image: call '
@@ -349,12 +258,12 @@ class Corrector:
     not constants), so a second corrector of the same architecture, e.g. for
     another checkpoint, reuses the executables.
     """
-    key = (self.model, _avals(self.params), _avals(images),
+    key = (self._task, self.model, _avals(self.params), _avals(images),
            _avals(reference))
     if key in _EXECUTABLES:
       _EXECUTABLES.move_to_end(key)
       return _EXECUTABLES[key]
-    compiled = _jitted(self.model).lower(self.params, images,
+    compiled = _jitted(self._task, self.model).lower(self.params, images,
                                          reference).compile()
     self.num_compilations += 1
     _EXECUTABLES[key] = compiled
@@ -374,13 +283,12 @@ def _avals(tree: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(model: nn.Module):
+def _jitted(task: contract.Task, model: nn.Module):
   """The jitted correction for one model: ints to floats, then its method."""
-  method = _METHODS[_method_name_of(model)]
 
   def correct(params, images, reference):
-    images = _to_unit_float(images)
+    images = pixels.to_float(images)
     if reference is not None:
-      reference = _to_unit_float(reference)
-    return method.apply(model, params, images, reference)
+      reference = pixels.to_float(reference)
+    return task.apply_correction(model, params, images, reference)
   return jax.jit(correct)

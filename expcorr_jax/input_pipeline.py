@@ -37,11 +37,11 @@ def decode(data: bytes) -> np.ndarray:
   return image_codec.decode_image(data)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _source_repr(source: Any) -> str:
+def source_repr(source: Any) -> str:
   """A repr stable across runs (grain checks it when restoring a checkpoint).
 
   In-memory sources are named by type, as grain names them, so the repr does
@@ -90,69 +90,6 @@ def crop_and_flip(images: Sequence[np.ndarray], rng: np.random.Generator,
   return [np.ascontiguousarray(image) for image in images]
 
 
-class IndexedSource(grain.sources.RandomAccessDataSource):
-  """Yields (index, record), so a sampler knows which scene it holds."""
-
-  def __init__(self, source):
-    self._source = source
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int):
-    return index, self._source[index]
-
-  def record(self, index: int):
-    return self._source[index]
-
-  def __repr__(self) -> str:
-    # The default repr holds the object's address, which differs in a resumed
-    # run, and grain would reject the checkpoint of the data iterator.
-    return f'IndexedSource({_source_repr(self._source)})'
-
-
-@dataclasses.dataclass
-class UECSample(grain.transforms.RandomMap):
-  """(index, scene record) -> input/target of that scene + refs of another."""
-  source: IndexedSource
-  crop_size: int | None
-  flip: bool
-
-  def random_map(self, element, rng: np.random.Generator) -> dict[str, Any]:
-    index, record = element
-    num_scenes = len(self.source)
-    if num_scenes < 2:
-      raise ValueError('The UEC sampler needs at least two scenes (references '
-                       'come from another scene); the dataset has one.')
-    evs = np.asarray(record['evs'], np.float32)
-    if len(evs) < 2:
-      raise ValueError(f'Scene {_text(record["scene"])!r} has fewer than two '
-                       'frames; the UEC sampler needs two of each scene.')
-    input_frame, target_frame = rng.choice(len(evs), size=2, replace=False)
-    other = int(rng.integers(num_scenes - 1))
-    other += other >= index
-    other_record = self.source.record(other)
-    other_evs = np.asarray(other_record['evs'], np.float32)
-    lo, hi = sorted(rng.choice(len(other_evs), size=2, replace=False),
-                    key=lambda i: other_evs[i])
-    if other_evs[lo] == other_evs[hi]:
-      raise ValueError(f'Scene {_text(other_record["scene"])!r} repeats an EV.')
-    frames = record['frames']
-    other_frames = other_record['frames']
-    image_in, image_target = crop_and_flip(
-        [decode(frames[input_frame]), decode(frames[target_frame])], rng,
-        self.crop_size, self.flip)
-    ref_lo, ref_hi = crop_and_flip(
-        [decode(other_frames[lo]), decode(other_frames[hi])], rng,
-        self.crop_size, self.flip)
-    return {
-        'input': image_in, 'target': image_target,
-        'ref_lo': ref_lo, 'ref_hi': ref_hi,
-        'input_ev': evs[input_frame], 'target_ev': evs[target_frame],
-        'ref_lo_ev': other_evs[lo], 'ref_hi_ev': other_evs[hi],
-    }
-
-
 class SequencePairsSource(grain.sources.RandomAccessDataSource):
   """A multi-exposure dataset read as pairs: each EV != target frame -> target.
 
@@ -176,7 +113,7 @@ class SequencePairsSource(grain.sources.RandomAccessDataSource):
 
   def __repr__(self) -> str:
     # Stable across runs: grain compares it when restoring a checkpoint.
-    return (f'SequencePairsSource({_source_repr(self._source)}, '
+    return (f'SequencePairsSource({source_repr(self._source)}, '
             f'target_ev={self._target_ev})')
 
   def __getitem__(self, index: int) -> dict[str, Any]:
@@ -184,13 +121,13 @@ class SequencePairsSource(grain.sources.RandomAccessDataSource):
     record = self._source[scene_index]
     evs = np.asarray(record['evs'], np.float32)
     if not np.array_equal(evs, self._evs):
-      raise ValueError(f'Scene {_text(record["scene"])!r} has EVs '
+      raise ValueError(f'Scene {text(record["scene"])!r} has EVs '
                        f'{evs.tolist()}, unlike the first scene\'s '
                        f'{self._evs.tolist()}.')
     frame = self._inputs[slot]
     target = int(np.flatnonzero(evs == self._target_ev)[0])
     tag = ev_tags.ev_to_tag(float(evs[frame]))
-    scene = _text(record['scene'])
+    scene = text(record['scene'])
     return {'name': f'{scene}_{tag}', 'scene': scene,
             'input': record['frames'][frame], 'target': record['frames'][target],
             'ev_tag': tag, 'ev': evs[frame]}
@@ -239,7 +176,7 @@ class PairedSample(grain.transforms.RandomMap):
                           for image in (image_in, target))
     return {'input': image_in, 'target': target,
             'ev': np.float32(record['ev']),
-            'ev_tag': np.bytes_(_text(record['ev_tag']).encode())}
+            'ev_tag': np.bytes_(text(record['ev_tag']).encode())}
 
 
 def make_train_loader(source, transform: grain.transforms.RandomMap, *,
@@ -275,13 +212,6 @@ def make_train_loader(source, transform: grain.transforms.RandomMap, *,
                                      prefetch_buffer_size=read_ahead))
 
 
-def uec_train_loader(source, *, crop_size: int | None, flip: bool,
-                     **loader_kwargs) -> grain.DataLoader:
-  indexed = IndexedSource(source)
-  return make_train_loader(indexed, UECSample(indexed, crop_size, flip),
-                           **loader_kwargs)
-
-
 def paired_train_loader(source, *, crop_size: int | None, flip: bool,
                         channel_permute: bool = False,
                         **loader_kwargs) -> grain.DataLoader:
@@ -304,6 +234,6 @@ def iterate_eval_pairs(pairs_source, *,
   for index in range(count):
     record = pairs_source[index]
     image_in = decode(record['input'])
-    yield EvalPair(name=_text(record['name']), ev_tag=_text(record['ev_tag']),
+    yield EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
                    input=image_in,
                    target=_match_size(decode(record['target']), image_in.shape))

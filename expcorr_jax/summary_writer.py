@@ -17,15 +17,7 @@ from tensorboard.compat.proto import tensor_pb2
 from tensorboard.summary.writer import event_file_writer
 
 from data_prep import image_codec
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  image = np.asarray(image)
-  if image.dtype == np.uint8:
-    return image
-  if image.dtype == np.uint16:
-    return (image >> 8).astype(np.uint8)
-  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+from expcorr_jax import pixels
 
 
 class SummaryWriter:
@@ -52,10 +44,10 @@ class SummaryWriter:
     ])
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    """Writes HxWx3 images (uint8, uint16 or float in [0, 1]) as PNGs."""
+    """Writes HxWx3 images (uint8, uint16 or float in [0, 1]) as 8-bit PNGs."""
     values = []
     for name, image in images.items():
-      image = _to_uint8(image)
+      image = pixels.to_uint8(image)
       encoded = summary_pb2.Summary.Image(
           height=image.shape[0], width=image.shape[1], colorspace=3,
           encoded_image_string=image_codec.encode_png(image))

@@ -33,8 +33,11 @@ import optax
 from expcorr_jax import checkpointing
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
+from expcorr_jax import protocols
 from expcorr_jax import summary_writer
-from expcorr_jax import uec_task
+from expcorr_jax import tasks
+from expcorr_jax.tasks import contract
 
 P = jax.sharding.PartitionSpec
 
@@ -46,18 +49,11 @@ class TrainState:
   opt_state: Any
 
 
-def method_module(name: str):
-  """The task module of a method (model, loss, sampler, evaluation)."""
-  if name == 'uec':
-    return uec_task
-  if name == 'recnet':
-    from expcorr_jax import recnet_task  # pylint: disable=g-import-not-at-top
-    return recnet_task
-  if name in ('erl_autoencoder', 'erl_bcm'):
-    from expcorr_jax import erl_task  # pylint: disable=g-import-not-at-top
-    return erl_task
-  raise ValueError(f'Unknown model {name!r} in config.model; choose '
-                   "'uec', 'recnet', 'erl_autoencoder' or 'erl_bcm'.")
+def regulariser_of(config: ml_collections.ConfigDict
+                   ) -> contract.Regulariser | None:
+  """The regulariser `config.regulariser` switches on, if any."""
+  block = config.get('regulariser')
+  return None if block is None else tasks.get_regulariser(block.name)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -83,7 +79,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'config.batch_size={config.batch_size} must be divisible by the '
         f'{jax.device_count()} devices so each gets an equal share: pass '
         f'--config.batch_size={jax.device_count()} (or a multiple).')
-  method_module(config.model).validate_config(config)
+  task = tasks.get_task(config.model)
+  protocols.resolve(task, config.eval.protocols)
+  if task.validate_config is not None:
+    task.validate_config(config)
+  regulariser = regulariser_of(config)
+  if regulariser is not None:
+    regulariser.validate_config(config)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -104,34 +106,61 @@ def make_optimizer(config: ml_collections.ConfigDict):
                     b2=config.optimizer.b2)
 
 
-def to_float(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """uint8/uint16 images -> float32 in [0, 1], on the device."""
-  def convert(x):
-    if x.dtype == jnp.uint8:
-      return x.astype(jnp.float32) / 255.0
-    if x.dtype == jnp.uint16:
-      return x.astype(jnp.float32) / 65535.0
-    return x
-  return {k: convert(v) for k, v in batch.items()}
+def load_frozen(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The frozen params of a run: {'task': ..., 'regulariser': ...}.
+
+  Each is None when the task (`Task.load_frozen`) or the regulariser has
+  none.
+  """
+  task = tasks.get_task(config.model)
+  regulariser = regulariser_of(config)
+  return {
+      'task': None if task.load_frozen is None else task.load_frozen(config),
+      'regulariser': (None if regulariser is None else
+                      regulariser.load_frozen(config.regulariser)),
+  }
+
+
+def loss_and_metrics(model, params, batch: dict[str, jax.Array], config,
+                     frozen: dict[str, Any]) -> tuple[jax.Array, dict]:
+  """The task's loss plus the regulariser's, with the metrics to log."""
+  task = tasks.get_task(config.model)
+  result = task.compute_loss(model, params, batch, config, frozen['task'])
+  loss, metrics = result.loss, dict(result.metrics)
+  regulariser = regulariser_of(config)
+  if regulariser is not None:
+    if result.output is None or result.target is None:
+      raise ValueError(
+          f'The {regulariser.name!r} regulariser compares a corrected batch '
+          f'with its target, but the {task.name!r} loss returns none '
+          '(LossOutput.output / .target): drop config.regulariser.')
+    value = regulariser.loss(config.regulariser, frozen['regulariser'],
+                             result.output, result.target)
+    loss = loss + config.regulariser.weight * value
+    metrics[regulariser.name] = value
+  metrics['loss'] = loss
+  return loss, metrics
 
 
 def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh,
                     frozen: Any = None) -> Callable:
   """The jitted step (state, batch) -> (state, metrics) over `mesh`.
 
-  `frozen` holds parameters the loss uses but never trains (VGG16 for
-  RECNet's contrastive term, a pretrained ERL module); it is placed on the
-  devices once, replicated, and passed to every step as an argument rather
-  than baked into the compiled program as a constant.
+  `frozen` (`load_frozen(config)`; None means none) holds parameters the
+  loss uses but never trains (VGG16 for RECNet's contrastive term, a
+  pretrained ERL module); it is placed on the devices once, replicated, and
+  passed to every step as an argument rather than baked into the compiled
+  program as a constant.
   """
-  task = method_module(config.model)
+  if frozen is None:
+    frozen = {'task': None, 'regulariser': None}
   replicated = jax.sharding.NamedSharding(mesh, P())
   data = jax.sharding.NamedSharding(mesh, P('data'))
 
   def step(state: TrainState, batch, frozen):
-    batch = to_float(batch)
+    batch = {k: pixels.to_float(v) for k, v in batch.items()}
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: task.loss_fn(model, p, batch, config, frozen),
+        lambda p: loss_and_metrics(model, p, batch, config, frozen),
         has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -162,11 +191,11 @@ def make_global_batch(local_batch: dict[str, np.ndarray],
 
 
 def init_state(model, config, optimizer, mesh) -> TrainState:
-  task = method_module(config.model)
+  task = tasks.get_task(config.model)
   replicated = jax.sharding.NamedSharding(mesh, P())
 
   def init(rng):
-    params = task.init_params(model, config, rng)
+    params = task.init_params(model, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params))
 
@@ -223,17 +252,17 @@ def _log_metrics(writer, step: int, pending: list[tuple[int, dict]],
 
 def run_evaluation(task, model, params, config, workdir: str, step: int,
                    eval_pairs_source, reference, writer,
-                   frozen: Any = None) -> dict:
+                   frozen: dict[str, Any]) -> dict:
   """Evaluates, writes JSON, a log table, summaries and an image grid."""
   start = time.time()
   pairs = input_pipeline.iterate_eval_pairs(eval_pairs_source,
                                             limit=config.eval.max_images)
+  if task.correction_params is not None:
+    params = task.correction_params(params, frozen['task'])
   report, grid_rows = evaluation.evaluate(
-      pairs,
-      lambda pair, protocol: task.eval_pair(model, params, pair, reference,
-                                            protocol, frozen=frozen),
-      config.eval.protocols, num_grid_images=config.eval.num_grid_images,
-      grid_reference=reference)
+      pairs, evaluation.pair_corrector(task, model, params, reference),
+      protocols.resolve(task, config.eval.protocols),
+      num_grid_images=config.eval.num_grid_images, grid_reference=reference)
   path = os.path.join(workdir, f'eval_step_{step}.json')
   if jax.process_index() == 0:
     evaluation.write_report(report, path, step=step, model=config.model,
@@ -267,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
-  task = method_module(config.model)
+  task = tasks.get_task(config.model)
 
   build.ensure_prepared(config.data.name, config.data.data_dir,
                         config.data.manual_dir)
@@ -281,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = task.create_model(config)
   optimizer = make_optimizer(config)
   state = init_state(model, config, optimizer, mesh)
-  frozen = task.load_frozen(config)
+  frozen = load_frozen(config)
   train_step = make_train_step(model, config, optimizer, mesh, frozen=frozen)
 
   loader = task.make_train_loader(
@@ -305,7 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   else:
     logging.info('Resuming at step %d of %d.', step, config.num_train_steps)
 
-  reference = task.load_reference(config)
+  reference = (evaluation.load_reference(config) if task.needs_reference
+               else None)
   pending = []
   last_log = time.time()
   with _PreemptionFlag() as preemption:

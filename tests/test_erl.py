@@ -1,4 +1,4 @@
-"""ERL: the batch-correlation module (models/erl.py) and its stages (erl_task).
+"""ERL: the batch-correlation module (models/erl.py) and its pretext stages.
 
 Everything runs at toy sizes: C = 2 channels, 4x4 tokens (C' = 32), images
 of 8-17 pixels. tests/conftest.py simulates 8 CPU devices for the
@@ -20,10 +20,13 @@ import pytest
 
 from data_prep import image_codec
 from expcorr_jax import checkpointing
-from expcorr_jax import erl_task
+from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import train
 from expcorr_jax.models import erl
+from expcorr_jax.tasks import erl_autoencoder as autoencoder_task
+from expcorr_jax.tasks import erl_bcm as bcm_task
+from expcorr_jax.tasks import erl_pretext
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 P = jax.sharding.PartitionSpec
@@ -177,14 +180,6 @@ def test_regulariser_gradient_reaches_the_output_only(bcm):
   assert float(jnp.min(jnp.max(jnp.abs(g_output), axis=(1, 2, 3)))) > 0
 
 
-@pytest.fixture
-def erl_in_train(monkeypatch):
-  """train.method_module knowing ERL's two models (until train.py does)."""
-  real = train.method_module
-  monkeypatch.setattr(train, 'method_module', lambda name: (
-      erl_task if name in ('erl_autoencoder', 'erl_bcm') else real(name)))
-
-
 def _sharded(images: np.ndarray, mesh) -> jax.Array:
   return jax.device_put(images, jax.sharding.NamedSharding(mesh, P('data')))
 
@@ -222,19 +217,18 @@ def test_per_device_attention_equals_each_sub_batch_alone(bcm):
   assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(grad)) > 0
 
 
-@pytest.mark.usefixtures('erl_in_train')
 def test_stage2_per_device_train_step_on_8_devices():
   """The real sharded step finds the mesh: its loss is the mean over the
   sub-batches attended to alone (not the whole batch's)."""
   config = _config('erl_bcm')
   config.erl.batch_attention = 'per_device'
-  model = erl_task.create_model(config)
+  model = bcm_task.TASK.create_model(config)
   frozen = jax.jit(functools.partial(model.init, method=erl.BCM.reconstruct))(
       _key(5), jnp.zeros((1, 8, 8, 3)))['params']
   # Host copies (the step donates its state), with the fusion's F' half made
   # non-zero so that t_e, and so the mode, matters from the first step.
   start = jax.tree.map(np.array, jax.jit(functools.partial(
-      erl_task.init_params, model, config))(_key(6)))
+      bcm_task.init_params, model))(_key(6)))
   assert set(start) == {'transformer', 'fusion'}
   kernel = start['fusion']['kernel']
   kernel[:, :, model.features:] = np.random.default_rng(1).normal(
@@ -242,8 +236,8 @@ def test_stage2_per_device_train_step_on_8_devices():
   batch = {'image': np.round(_images(16) * 255).astype(np.uint8)}
   images = batch['image'].astype(np.float32) / 255
   # Unsharded, on one device, where both modes attend over what they get.
-  loss = jax.jit(lambda x: erl_task.loss_fn(model, start, {'image': x}, config,
-                                            frozen)[0])
+  loss = jax.jit(lambda x: bcm_task.loss_fn(model, start, {'image': x}, config,
+                                            frozen).loss)
   per_sub_batch = np.mean([loss(images[i:i + 2]) for i in range(0, 16, 2)])
   whole_batch = float(loss(images))
   assert abs(per_sub_batch - whole_batch) > 1e-4
@@ -254,7 +248,8 @@ def test_stage2_per_device_train_step_on_8_devices():
       train.TrainState(step=jnp.zeros((), jnp.int32), params=start,
                        opt_state=optimizer.init(start)),
       jax.sharding.NamedSharding(mesh, P()))
-  step = train.make_train_step(model, config, optimizer, mesh, frozen)
+  step = train.make_train_step(model, config, optimizer, mesh,
+                               {'task': frozen, 'regulariser': None})
   state, metrics = step(state, train.make_global_batch(batch, mesh))
   assert float(metrics['loss']) == pytest.approx(float(per_sub_batch),
                                                  rel=1e-5)
@@ -267,7 +262,7 @@ def test_stage2_per_device_train_step_on_8_devices():
 def test_normal_exposure_sampler_takes_ev0_frames_and_pair_targets():
   frames = [image_codec.encode_png(np.full((10, 12, 3), 40 * i, np.uint8))
             for i in range(3)]
-  sampler = erl_task.NormalExposureSample(crop_size=8, flip=True)
+  sampler = erl_pretext.NormalExposureSample(crop_size=8, flip=True)
   rng = np.random.default_rng(0)
   scene = {'scene': b's', 'frames': frames, 'evs': np.float32([-1, 0, 1])}
   image = sampler.random_map(scene, rng)['image']
@@ -275,24 +270,24 @@ def test_normal_exposure_sampler_takes_ev0_frames_and_pair_targets():
   pair = {'input': frames[0], 'target': frames[2]}
   assert np.all(sampler.random_map(pair, rng)['image'] == 80)
   with pytest.raises(ValueError, match='no frame at EV 0.5'):
-    erl_task.NormalExposureSample(8, False, 0.5).random_map(scene, rng)
+    erl_pretext.NormalExposureSample(8, False, 0.5).random_map(scene, rng)
 
 
 def test_stage2_names_a_missing_or_wrong_stage1_checkpoint(
     tmp_path, bcm):
   config = _config('erl_bcm')
   with pytest.raises(ValueError, match='autoencoder_workdir'):
-    erl_task.validate_config(config)
+    bcm_task.validate_config(config)
 
   missing = tmp_path / 'no_such_run'
   config.erl.autoencoder_workdir = str(missing)
   with pytest.raises(FileNotFoundError) as error:
-    erl_task.validate_config(config)
+    bcm_task.validate_config(config)
   assert str(missing) in str(error.value)
   assert ('--config=configs/erl_autoencoder.py --workdir=' + str(missing)
           in str(error.value))
   with pytest.raises(FileNotFoundError, match='no_such_run'):
-    erl_task.load_frozen(config)
+    bcm_task.load_frozen(config)
 
   _, params = bcm
   wrong = tmp_path / 'uec_run'
@@ -300,7 +295,7 @@ def test_stage2_names_a_missing_or_wrong_stage1_checkpoint(
   config.erl.autoencoder_workdir = str(wrong)
   with pytest.raises(ValueError, match=r"uec_run holds a 'uec' checkpoint.*"
                      r"\n.*configs/erl_autoencoder.py"):
-    erl_task.load_frozen(config)
+    bcm_task.load_frozen(config)
 
   narrow = tmp_path / 'narrow_run'
   stage1 = _config('erl_autoencoder')
@@ -309,16 +304,16 @@ def test_stage2_names_a_missing_or_wrong_stage1_checkpoint(
   config.erl.autoencoder_workdir = str(narrow)
   config.erl.features = 3
   with pytest.raises(ValueError, match=r'erl.features=\(2, 3\)'):
-    erl_task.validate_config(config)
+    bcm_task.validate_config(config)
   config.erl.features = 2
-  erl_task.validate_config(config)
-  assert set(erl_task.load_frozen(config)) == {'encoder', 'decoder'}
+  bcm_task.validate_config(config)
+  assert set(bcm_task.load_frozen(config)) == {'encoder', 'decoder'}
 
   with pytest.raises(ValueError, match="'erl_autoencoder' checkpoint, not an "
                      'ERL stage-2 BCM'):
-    erl_task.load_bcm(str(narrow))
+    erl_pretext.load_bcm(str(narrow))
   with pytest.raises(FileNotFoundError, match='configs/erl_bcm.py'):
-    erl_task.load_bcm(str(missing))
+    erl_pretext.load_bcm(str(missing))
 
 
 def test_reconstruction_eval_and_stage1_loss(bcm):
@@ -334,32 +329,30 @@ def test_reconstruction_eval_and_stage1_loss(bcm):
   ae = jax.jit(lambda x: model.apply({'params': stage1}, x,
                                      method=erl.BCM.reconstruct))
 
-  image_in, output, scored = erl_task.eval_pair(model, stage1, pair, None,
-                                                'reconstruction')
+  reconstruction = erl_pretext.RECONSTRUCTION
+  image_in, output, scored = evaluation.pair_corrector(
+      autoencoder_task.TASK, model, stage1)(pair, reconstruction)
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(scored, pair.target)
   expected = np.round(np.clip(ae(target)[0], 0, 1) * 255)
   assert np.max(np.abs(output.astype(float) - expected)) <= 1
-  with pytest.raises(ValueError, match='frozen'):
-    erl_task.eval_pair(model, stage2, pair, None, 'reconstruction')
-  _, output, _ = erl_task.eval_pair(model, stage2, pair, None,
-                                    'reconstruction', frozen=stage1)
+  _, output, _ = evaluation.pair_corrector(
+      bcm_task.TASK, model,
+      bcm_task.TASK.correction_params(stage2, stage1))(pair, reconstruction)
   expected = np.round(np.clip(_reconstruct(model, params, target)[0], 0, 1)
                       * 255)
   assert np.max(np.abs(output.astype(float) - expected)) <= 1
 
   config = _config('erl_autoencoder')
-  loss, metrics = jax.jit(lambda x: erl_task.loss_fn(
-      model, stage1, {'image': x}, config))(target)
+  loss, metrics = jax.jit(lambda x: tuple(autoencoder_task.loss_fn(
+      model, stage1, {'image': x}, config))[:2])(target)
   assert float(loss) == pytest.approx(
       float(jnp.mean(jnp.abs(ae(target) - target))), rel=1e-6)
   assert float(metrics['l1']) == float(loss)
 
 
-@pytest.mark.usefixtures('erl_in_train')
 def test_stage2_trains_evaluates_and_loads_for_stage3(sample_data_dir,
-                                                      tmp_path, monkeypatch,
-                                                      bcm):
+                                                      tmp_path, bcm):
   _, params = bcm
   stage1 = tmp_path / 'stage1'
   _write_checkpoint(stage1, _sub_dict(params, 'encoder', 'decoder'),
@@ -373,16 +366,13 @@ def test_stage2_trains_evaluates_and_loads_for_stage3(sample_data_dir,
   config.log_every_steps = config.checkpoint_every_steps = 2
   config.eval.max_images = 1
   config.eval.num_grid_images = 1
-  # train.py does not pass the frozen stage-1 params to eval_pair (yet).
-  monkeypatch.setattr(erl_task, 'eval_pair', functools.partial(
-      erl_task.eval_pair, frozen=erl_task.load_frozen(config)))
   stage2 = tmp_path / 'stage2'
   report = train.train_and_evaluate(config, str(stage2))
   assert report['reconstruction']['all']['count'] == 1
   saved = json.loads((stage2 / 'eval_step_2.json').read_text())
   assert saved['model'] == 'erl_bcm'
 
-  loaded = erl_task.load_bcm(str(stage2))
+  loaded = erl_pretext.load_bcm(str(stage2))
   assert set(loaded) == {'encoder', 'transformer'}
   for a, b in zip(jax.tree.leaves(loaded['encoder']),
                   jax.tree.leaves(params['encoder'])):

@@ -1,7 +1,8 @@
 """ERL stage 3: the regulariser switched on from a corrector's config.
 
 A toy BCM (C = 2 channels, 4x4 tokens) is written as stage-1 and stage-2
-checkpoints; UEC and RECNet use it through `config.erl` (erl_stage3.py).
+checkpoints; UEC and RECNet use it through the `erl` config argument, which
+adds `config.regulariser` (tasks/erl.py), applied by the trainer.
 """
 
 import importlib.util
@@ -16,12 +17,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from expcorr_jax import checkpointing
-from expcorr_jax import erl_stage3
 from expcorr_jax import inference
-from expcorr_jax import recnet_task
 from expcorr_jax import train
-from expcorr_jax import uec_task
 from expcorr_jax.models import erl
+from expcorr_jax.tasks import recnet as recnet_task
+from expcorr_jax.tasks import uec as uec_task
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(features=2, encoder_layers=2, decoder_layers=2, token_size=4,
@@ -76,8 +76,8 @@ def bcm_workdir(tmp_path_factory):
 
 
 def _uec_config(bcm_workdir, data_dir=None) -> ml_collections.ConfigDict:
-  config = _config('uec_erl', 'runlocal')
-  config.erl.bcm_workdir = str(bcm_workdir)
+  config = _config('uec', 'runlocal,erl')
+  config.regulariser.bcm_workdir = str(bcm_workdir)
   config.data.data_dir = data_dir
   config.data.crop_size = 32
   config.model_encoder_height = 32
@@ -91,54 +91,60 @@ def _batch(keys, batch=4, size=32, seed=0):
           for k in keys}
 
 
-def test_configs_default_off_and_erl_configs_switch_it_on():
+def test_configs_default_off_and_the_erl_argument_switches_it_on():
   for name in ('uec', 'recnet'):
-    base, on = _config(name, 'runlocal'), _config(f'{name}_erl', 'runlocal')
-    assert not base.erl.enabled and on.erl.enabled
-    assert on.erl.weight == 0.1 and on.erl.batch_attention == 'global'
-    assert on.erl.bcm_workdir is None
+    base, on = _config(name, 'runlocal'), _config(name, 'runlocal,erl')
+    assert 'regulariser' not in base and on.regulariser.name == 'erl'
+    assert (on.regulariser.weight == 0.1 and
+            on.regulariser.batch_attention == 'global')
+    assert on.regulariser.bcm_workdir is None
     # Nothing but the switch differs.
-    on.erl.enabled = False
-    assert on.to_dict() == base.to_dict()
-  assert uec_task.load_frozen(_config('uec')) is None
+    on = on.to_dict()
+    del on['regulariser']
+    assert on == base.to_dict()
+    assert _config(name, 'erl').to_dict()['regulariser'] == (
+        _config(name, 'runlocal,erl').to_dict()['regulariser'])
+  assert train.load_frozen(_config('uec')) == {'task': None,
+                                                'regulariser': None}
+  with pytest.raises(ValueError, match="Unknown config argument 'erll'"):
+    _config('uec', 'runlocal,erll')
 
 
 def test_uec_regulariser_reaches_the_corrector_and_never_the_bcm(
-    bcm_workdir, monkeypatch):
+    bcm_workdir):
   config = _uec_config(bcm_workdir)
   train.validate_config(config)
-  frozen = uec_task.load_frozen(config)
-  assert frozen['task'] is None and set(frozen['erl']) == {'encoder',
-                                                           'transformer'}
+  frozen = train.load_frozen(config)
+  assert frozen['task'] is None and set(frozen['regulariser']) == {
+      'encoder', 'transformer'}
   # Only the regulariser: its gradient alone must reach the corrector. One
   # pass (three by default) keeps the compile short.
   config.loss.restoration_weight = config.loss.monotonicity_weight = 0.0
   config.loss.num_passes = 1
   model = uec_task.create_model(config)
-  params = uec_task.init_params(model, config, jax.random.key(1, impl='rbg'))
+  params = uec_task.init_params(model, jax.random.key(1, impl='rbg'))
   batch = _batch(('input', 'target', 'ref_lo', 'ref_hi'))
-  # Also report which images the regulariser compared.
-  real = erl_stage3.add_regulariser
-  monkeypatch.setattr(erl_stage3, 'add_regulariser', lambda *args: (
-      real(*args)[0], dict(real(*args)[1], compared=args[4:])))
 
   @jax.jit
   def run(params, frozen):
+    # The trainer's loss, and which images the task hands the regulariser.
+    compared = uec_task.loss_fn(model, params, batch, config)
     return jax.value_and_grad(
-        lambda p, f: uec_task.loss_fn(model, p, batch, config, f),
-        argnums=(0, 1), has_aux=True)(params, frozen)
+        lambda p, f: train.loss_and_metrics(model, p, batch, config, f),
+        argnums=(0, 1), has_aux=True)(params, frozen), (compared.output,
+                                                       compared.target)
 
-  (loss, metrics), (g_params, g_frozen) = run(params, frozen)
+  ((loss, metrics), (g_params, g_frozen)), (output, target) = run(params,
+                                                                  frozen)
   assert float(metrics['erl']) > 0 and float(metrics['loss']) == float(loss)
   assert float(loss) == pytest.approx(0.1 * float(metrics['erl']), rel=1e-5)
   # The restored output (the one the restoration term scores) and the
   # target frame.
-  output, target = metrics['compared']
   np.testing.assert_array_equal(target, batch['target'])
   assert float(jnp.mean((output - target)**2)) == pytest.approx(
       float(metrics['restoration']), rel=1e-5)
   assert float(metrics['erl']) == pytest.approx(float(jax.jit(
-      erl.regulariser)(frozen['erl'], output, target)), rel=1e-5)
+      erl.regulariser)(frozen['regulariser'], output, target)), rel=1e-5)
   assert all(not np.any(leaf) for leaf in jax.tree.leaves(g_frozen))
   # It reaches the corrector h and the difference predictor.
   largest = jax.tree.map(lambda g: float(jnp.max(jnp.abs(g))), g_params)
@@ -156,14 +162,14 @@ class _FakeRECNet:
 
 def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
                                                         monkeypatch):
-  config = _config('recnet_erl', 'runlocal')
+  config = _config('recnet', 'runlocal,erl')
   config.batch_size = 8  # tests/conftest.py simulates 8 devices.
-  config.erl.bcm_workdir = str(bcm_workdir)
+  config.regulariser.bcm_workdir = str(bcm_workdir)
   config.loss.ecr_weight = 0.0  # No VGG16: the task's own frozen is None.
   train.validate_config(config)
-  frozen = recnet_task.load_frozen(config)
-  assert frozen['task'] is None and set(frozen['erl']) == {'encoder',
-                                                           'transformer'}
+  frozen = train.load_frozen(config)
+  assert frozen['task'] is None and set(frozen['regulariser']) == {
+      'encoder', 'transformer'}
   # RECNet's own loss, stubbed: it must get the task's frozen (None).
   def own_loss(pred, target, inputs, mask, vgg, loss_config):
     del inputs, mask, loss_config
@@ -177,10 +183,11 @@ def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
   @jax.jit
   def run(params, frozen):
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p, f: recnet_task.loss_fn(_FakeRECNet(), p, batch, config, f),
+        lambda p, f: train.loss_and_metrics(_FakeRECNet(), p, batch, config,
+                                            f),
         argnums=(0, 1), has_aux=True)(params, frozen)
     regulariser = lambda w: erl.regulariser(
-        frozen['erl'], batch['input'] * w, batch['target'])
+        frozen['regulariser'], batch['input'] * w, batch['target'])
     pixel = lambda w: jnp.mean(jnp.abs(batch['input'] * w - batch['target']))
     expected = (regulariser(params['w']), jax.grad(regulariser)(params['w']),
                 jax.grad(pixel)(params['w']))
@@ -200,13 +207,13 @@ def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
 def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(
     bcm_workdir, tmp_path):
   config = _uec_config(bcm_workdir)
-  config.erl.bcm_workdir = None
-  with pytest.raises(ValueError, match=r'config.erl.bcm_workdir(.|\n)*'
+  config.regulariser.bcm_workdir = None
+  with pytest.raises(ValueError, match=r'config.regulariser.bcm_workdir(.|\n)*'
                      r'configs/erl_bcm.py'):
     train.validate_config(config)
 
   missing = tmp_path / 'no_such_run'
-  config.erl.bcm_workdir = str(missing)
+  config.regulariser.bcm_workdir = str(missing)
   with pytest.raises(FileNotFoundError) as error:
     train.validate_config(config)
   assert 'No ERL stage-2 (BCM) checkpoint in ' + str(missing) in str(
@@ -219,24 +226,25 @@ def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(
   for wrong, kind in ((stage1, 'erl_autoencoder'), (tmp_path / 'uec', 'uec')):
     if kind == 'uec':
       _write_checkpoint(wrong, {'x': np.zeros(2)}, {'model': 'uec'})
-    config.erl.bcm_workdir = str(wrong)
+    config.regulariser.bcm_workdir = str(wrong)
     with pytest.raises(ValueError, match=rf"holds a '{kind}' checkpoint, not "
                        r'an ERL stage-2 BCM(.|\n)*configs/erl_bcm.py'):
-      uec_task.load_frozen(config)
+      train.load_frozen(config)
 
   # A BCM whose stage-1 workdir is gone.
   orphan = tmp_path / 'orphan'
   params, saved, _ = checkpointing.load_params(str(bcm_workdir))
   saved['erl']['autoencoder_workdir'] = str(tmp_path / 'deleted_stage1')
   _write_checkpoint(orphan, params, saved)
-  config.erl.bcm_workdir = str(orphan)
+  config.regulariser.bcm_workdir = str(orphan)
   with pytest.raises(FileNotFoundError, match='orphan reads its f_e from the '
                      'stage-1 workdir(.|\n)*deleted_stage1'):
     train.validate_config(config)
 
-  config.erl.bcm_workdir = str(bcm_workdir)
-  config.erl.weight = 0.0
-  with pytest.raises(ValueError, match='config.erl.weight must be positive'):
+  config.regulariser.bcm_workdir = str(bcm_workdir)
+  config.regulariser.weight = 0.0
+  with pytest.raises(ValueError,
+                     match='config.regulariser.weight must be positive'):
     train.validate_config(config)
 
 
@@ -255,11 +263,12 @@ def test_uec_trained_with_erl_exports_like_one_without(
   train.train_and_evaluate(config, str(tmp_path))
 
   params, saved, step = checkpointing.load_params(str(tmp_path))
-  assert step == 2 and saved['erl']['enabled']
+  assert step == 2 and saved['regulariser']['name'] == 'erl'
+
   # The same tree as a corrector trained without ERL: UEC's params only.
   model = uec_task.create_model(config)
   expected = jax.eval_shape(lambda: uec_task.init_params(
-      model, config, jax.random.key(0)))
+      model, jax.random.key(0)))
   shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   assert shapes(params) == shapes(expected)

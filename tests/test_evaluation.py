@@ -8,6 +8,14 @@ import pytest
 
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
+from expcorr_jax import protocols
+from expcorr_jax.tasks import recnet as recnet_task
+from expcorr_jax.tasks import uec as uec_task
+
+FULL, ENC_FECNET = protocols.FULL, protocols.ENC_FECNET
+RECNET = recnet_task.RECNET_PROTOCOL
+UEC256 = uec_task.UEC256
 
 
 def _images(shape=(24, 29, 3), seed=0):
@@ -75,26 +83,26 @@ def test_gray_ssim_is_ssim_of_the_bt601_luma():
 
 def test_resize_to_multiple_of_4():
   a, _ = _images((30, 41, 3))
-  resized = evaluation.resize_to_multiple(a, 4)
+  resized = protocols.resize_to_multiple(a, 4)
   assert resized.shape == (32, 44, 3) and resized.dtype == np.float32
   # Bilinear with half-pixel centres (cv2 INTER_LINEAR) of the float image.
   want = cv2.resize(a.astype(np.float32) / 255, (44, 32),
                     interpolation=cv2.INTER_LINEAR)
   np.testing.assert_allclose(resized, want, atol=1e-6)
   # A constant image stays constant; a horizontal ramp stays monotonic.
-  flat = evaluation.resize_to_multiple(np.full((5, 7, 3), 100, np.uint8))
+  flat = protocols.resize_to_multiple(np.full((5, 7, 3), 100, np.uint8))
   assert flat.shape == (8, 8, 3)
   np.testing.assert_allclose(flat, 100 / 255, atol=1e-6)
   ramp = np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[None, :, None],
                    9, 0).repeat(3, 2)
-  row = evaluation.resize_to_multiple(ramp)[6, :, 0]
+  row = protocols.resize_to_multiple(ramp)[6, :, 0]
   assert np.all(np.diff(row) >= 0) and row.shape == (28,)
   # Sizes already a multiple of 4 are kept exactly; uint16 scales by 65535.
   kept, _ = _images((32, 44, 3))
   np.testing.assert_array_equal(
-      evaluation.to_uint8(evaluation.resize_to_multiple(kept)), kept)
+      pixels.to_uint8(protocols.resize_to_multiple(kept)), kept)
   deep = np.full((4, 8, 3), 65535, np.uint16)
-  np.testing.assert_array_equal(evaluation.resize_to_multiple(deep), 1.0)
+  np.testing.assert_array_equal(protocols.resize_to_multiple(deep), 1.0)
 
 
 @pytest.mark.parametrize('tag,group', [
@@ -123,7 +131,7 @@ def _halfway(pair, protocol):
 
 def test_report_per_ev_groups_and_all():
   pairs = _pairs(['N1.5', 'N1', 'N1', 'P1', 'P1.5', '0'])
-  report, grid = evaluation.evaluate(pairs, _halfway, ['enc_fecnet', 'full'],
+  report, grid = evaluation.evaluate(pairs, _halfway, [ENC_FECNET, FULL],
                                      num_grid_images=2)
   assert len(grid) == 2 and len(grid[0]) == 3
   psnrs = [evaluation.psnr(_halfway(p, '')[1], p.target) for p in pairs]
@@ -155,18 +163,18 @@ def test_report_per_ev_groups_and_all():
 
 def test_sice_and_untagged_groups():
   report, _ = evaluation.evaluate(_pairs(['low', 'over', '']), _halfway,
-                                  ['full'])
+                                  [FULL])
   result = report['full']
   assert result['under']['count'] == result['over']['count'] == 1
   assert result['all']['count'] == 3  # The untagged pair counts in 'all' only.
-  only_untagged, _ = evaluation.evaluate(_pairs(['']), _halfway, ['full'])
+  only_untagged, _ = evaluation.evaluate(_pairs(['']), _halfway, [FULL])
   assert 'under' not in only_untagged['full'] and (
       'over' not in only_untagged['full'])
 
 
 def test_lpips_where_the_protocol_asks(tmp_path):
   pairs = _pairs(['N1', 'P1'])
-  report, _ = evaluation.evaluate(pairs, _halfway, ['recnet', 'enc_fecnet'])
+  report, _ = evaluation.evaluate(pairs, _halfway, [RECNET, ENC_FECNET])
   recnet = report['recnet']
   assert recnet['lpips_variant'] == 'lpips_vgg16_v0.1'
   assert 'lpips' not in report['enc_fecnet']['all']
@@ -177,7 +185,7 @@ def test_lpips_where_the_protocol_asks(tmp_path):
   assert recnet['all']['lpips'] == pytest.approx(
       np.mean([recnet['per_ev'][t]['lpips'] for t in ('N1', 'P1')]))
   assert 'LPIPS' in evaluation.format_table(report)
-  off, _ = evaluation.evaluate(pairs, _halfway, ['recnet'], lpips=False)
+  off, _ = evaluation.evaluate(pairs, _halfway, [RECNET], lpips=False)
   assert 'lpips' not in off['recnet']['all']
 
   path = tmp_path / 'eval.json'
@@ -194,11 +202,19 @@ def test_lpips_where_the_protocol_asks(tmp_path):
 def test_uec_report_keeps_its_layout(tmp_path):
   pairs = _pairs(['N1', 'N1', 'P1'])
   identity = lambda pair, protocol: (pair.input, pair.input, pair.target)
-  report, _ = evaluation.evaluate(pairs, identity, ('full', 'uec256'))
+  report, _ = evaluation.evaluate(pairs, identity, (FULL, UEC256))
+  expected_psnr = np.mean([evaluation.psnr(p.input, p.target) for p in pairs])
+  expected_ssim = np.mean([evaluation.ssim(p.input, p.target) for p in pairs])
+  assert list(report) == ['full', 'uec256']
   for result in report.values():
-    for name in ('psnr', 'ssim', 'identity_psnr', 'identity_ssim'):
-      assert result['all'][name] == pytest.approx(
-          result['all'][f'identity_{name.split("_")[-1]}'])
+    assert list(result['per_ev']) == ['N1', 'P1']
+    assert result['per_ev']['N1']['count'] == 2
+    assert result['under']['count'] == 2 and result['over']['count'] == 1
+    # The identity corrector scores as the identity baseline, and both as
+    # the metrics computed here.
+    for prefix in ('', 'identity_'):
+      assert result['all'][f'{prefix}psnr'] == pytest.approx(expected_psnr)
+      assert result['all'][f'{prefix}ssim'] == pytest.approx(expected_ssim)
   path = tmp_path / 'eval.json'
   evaluation.write_report(report, str(path))
   saved = json.loads(path.read_text())
@@ -206,6 +222,6 @@ def test_uec_report_keeps_its_layout(tmp_path):
   # inf PSNR (identical images) is written as a string, not invalid JSON.
   report, _ = evaluation.evaluate(
       pairs[:1], lambda pair, protocol: (pair.input, pair.target, pair.target),
-      ('full',))
+      (FULL,))
   evaluation.write_report(report, str(path))
   assert json.loads(path.read_text())['results']['full']['all']['psnr'] == 'inf'

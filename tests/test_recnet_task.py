@@ -6,6 +6,7 @@ to full-resolution evaluation forward passes (XLA:CPU runs RECNet's grouped
 convolutions slowly).
 """
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -22,9 +23,11 @@ import pytest
 from expcorr_jax import checkpointing
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
-from expcorr_jax import recnet_loss
-from expcorr_jax import recnet_task
+from expcorr_jax import pixels
+from expcorr_jax import protocols
 from expcorr_jax import train
+from expcorr_jax.tasks import recnet as recnet_task
+from expcorr_jax.tasks import recnet_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -112,7 +115,7 @@ def test_schedule_halves_the_rate_at_the_decay_steps():
 def _model_and_params():
   config = tiny_config()
   model = recnet_task.create_model(config)
-  params = jax.jit(lambda rng: recnet_task.init_params(model, config, rng))(
+  params = jax.jit(lambda rng: recnet_task.init_params(model, rng))(
       jax.random.key(1))
   return model, params
 
@@ -128,12 +131,13 @@ def test_loss_fn_equals_recnet_loss():
   config.loss.update(overrides)
   assert recnet_task.loss_config(config) == recnet_loss.RECNetLossConfig(
       **overrides)
-  batch = train.to_float({k: jnp.asarray(v) for k, v in
-                          _random_batch(2, 32, seed=3).items()})
+  batch = {k: pixels.to_float(jnp.asarray(v))
+           for k, v in _random_batch(2, 32, seed=3).items()}
 
   @jax.jit
   def losses(params, batch, vgg):
-    loss, metrics = recnet_task.loss_fn(model, params, batch, config, vgg)
+    loss, metrics = train.loss_and_metrics(
+        model, params, batch, config, {'task': vgg, 'regulariser': None})
     out = model.apply({'params': params}, batch['input'])
     want = recnet_loss.recnet_loss(
         out.output, batch['target'], batch['input'], out.mask, vgg,
@@ -174,7 +178,7 @@ def test_load_frozen_is_vgg_only_with_ecr():
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('eval.protocols', ('recnet', 'full'), 'Unknown eval protocols'),
+    ('eval.protocols', ('recnet', 'uec256'), 'Unknown eval protocols'),
     ('model_nc', 5, 'divisible by config.model_num_heads'),
     ('loss.pixel_loss', 'l2', 'pixel_loss must be one of'),
     ('data.crop_size', 24, 'too small for the ECR term'),
@@ -209,7 +213,7 @@ def test_sharded_step_equals_single_device_step():
         step=jnp.zeros((), jnp.int32), params=start,
         opt_state=optimizer.init(start)), replicated)
     step_fn = train.make_train_step(model, config, optimizer, mesh,
-                                    frozen=recnet_task.load_frozen(config))
+                                    frozen=train.load_frozen(config))
     global_batch = train.make_global_batch(batch, mesh)
     assert len(global_batch['input'].sharding.device_set) == len(devices)
     for _ in range(3):
@@ -236,8 +240,8 @@ def test_eval_pair_protocols():
       name='x_N1', ev_tag='N1',
       input=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8),
       target=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8))
-  image_in, output, target = recnet_task.eval_pair(model, params, pair, None,
-                                                   'recnet')
+  correct_pair = evaluation.pair_corrector(recnet_task.TASK, model, params)
+  image_in, output, target = correct_pair(pair, recnet_task.RECNET_PROTOCOL)
   assert image_in.dtype == output.dtype == target.dtype == np.uint8
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(target, pair.target)
@@ -245,15 +249,14 @@ def test_eval_pair_protocols():
       params, pair.input[None].astype(np.float32) / 255)[0]
   np.testing.assert_array_equal(output, np.round(np.asarray(want) * 255))
 
-  image_in, output, target = recnet_task.eval_pair(model, params, pair, None,
-                                                   'enc_fecnet')
+  image_in, output, target = correct_pair(pair, protocols.ENC_FECNET)
   assert image_in.shape == output.shape == target.shape == (32, 44, 3)
   np.testing.assert_array_equal(
-      image_in, evaluation.to_uint8(evaluation.resize_to_multiple(pair.input)))
+      image_in, pixels.to_uint8(protocols.resize_to_multiple(pair.input)))
   np.testing.assert_array_equal(
-      target, evaluation.to_uint8(evaluation.resize_to_multiple(pair.target)))
-  with pytest.raises(ValueError, match='Unknown protocol'):
-    recnet_task.eval_pair(model, params, pair, None, 'uec256')
+      target, pixels.to_uint8(protocols.resize_to_multiple(pair.target)))
+  with pytest.raises(ValueError, match='Unknown eval protocols'):
+    protocols.resolve(recnet_task.TASK, ['uec256'])
 
 
 def _params(workdir):
@@ -300,8 +303,10 @@ def test_run_writes_both_protocols_and_resumes_after_sigterm(
   del one_compilation_per_config
   # LPIPS-VGG at full resolution costs seconds per image on a CPU; it is
   # tested in tests/test_evaluation.py.
-  monkeypatch.setitem(evaluation.PROTOCOL_METRICS, 'recnet',
-                      evaluation.ProtocolMetrics('rgb', lpips=False))
+  without_lpips = dataclasses.replace(recnet_task.RECNET_PROTOCOL,
+                                      lpips=False)
+  monkeypatch.setattr(recnet_task, 'TASK', dataclasses.replace(
+      recnet_task.TASK, protocols={'recnet': without_lpips}))
   config = tiny_config(sample_data_dir, num_train_steps=4)
   # VGG16's gradient would add a third to the step's compile time; the ECR
   # term is checked by test_loss_fn_equals_recnet_loss.

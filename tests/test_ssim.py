@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import metrics
 
-from expcorr_jax import ssim as ssim_lib
+from expcorr_jax.metrics import ssim as ssim_lib
 
 
 def _reference(x, y, padding, max_val=1.0):

@@ -12,9 +12,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from expcorr_jax import torch_checkpoint
-from expcorr_jax.torch_checkpoint import CheckpointFormatError
-from expcorr_jax.torch_checkpoint import UnsafeCheckpointError
+from expcorr_jax.weights import unpickling
+from expcorr_jax.weights.unpickling import CheckpointFormatError
+from expcorr_jax.weights.unpickling import UnsafeCheckpointError
 import pth_writer  # tests/ is on sys.path.
 
 _UEC_SHAPES = {
@@ -38,7 +38,7 @@ _UEC_SHAPES = {
 
 @pytest.mark.parametrize('name', ['exposure-errors.pth', 'radiometry.pth'])
 def test_official_uec_checkpoints(shared_fixture, name):
-  state = torch_checkpoint.load_state_dict(shared_fixture(f'uec/{name}'))
+  state = unpickling.load_state_dict(shared_fixture(f'uec/{name}'))
   assert {k: v.shape for k, v in state.items()} == _UEC_SHAPES
   assert all(v.dtype == np.float32 for v in state.values())
   assert sum(v.size for v in state.values()) == 19388
@@ -60,7 +60,7 @@ def test_round_trip_dtypes(tmp_path):
       'empty': np.zeros((0, 4), np.float32),
   }
   path = pth_writer.write_state_dict(tmp_path / 'm.pth', arrays)
-  state = torch_checkpoint.load_state_dict(path)
+  state = unpickling.load_state_dict(path)
   assert list(state) == list(arrays)
   for name, a in arrays.items():
     assert state[name].dtype == a.dtype, name
@@ -80,7 +80,7 @@ def test_non_contiguous_and_shared_storage(tmp_path):
   ]
   path = pth_writer.write_zip(tmp_path / 'v.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
                     {'0': base.tobytes()})
-  state = torch_checkpoint.load_state_dict(path)
+  state = unpickling.load_state_dict(path)
   np.testing.assert_array_equal(state['t'], base.T)
   np.testing.assert_array_equal(state['base'], base)
   np.testing.assert_array_equal(state['view'], base[1:, 1::2])
@@ -95,7 +95,7 @@ def test_out_of_bounds_view_is_refused(tmp_path):
   path = pth_writer.write_zip(tmp_path / 'oob.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
                     {'0': np.zeros(4, np.float32).tobytes()})
   with pytest.raises(CheckpointFormatError, match='reads element 5'):
-    torch_checkpoint.load_state_dict(path)
+    unpickling.load_state_dict(path)
 
 
 def test_big_endian_byteorder_and_untyped_storage(tmp_path):
@@ -107,7 +107,7 @@ def test_big_endian_byteorder_and_untyped_storage(tmp_path):
   path = pth_writer.write_zip(tmp_path / 'be.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
                     {'0': a.astype('>f4').tobytes(), '1': b'\x01\x02\x03'},
                     byteorder='big')
-  state = torch_checkpoint.load_state_dict(path)
+  state = unpickling.load_state_dict(path)
   np.testing.assert_array_equal(state['a'], a)
   assert state['a'].dtype == np.float32 and state['a'].dtype.isnative
   np.testing.assert_array_equal(state['u'], [1, 2, 3])
@@ -123,7 +123,7 @@ def test_unwraps_state_dict_module_prefix_and_parameters(tmp_path):
          + pth_writer.value('state_dict') + inner + b's')
   path = pth_writer.write_zip(tmp_path / 'wrapped.pth', pth_writer.pickle(top), {'0': w.tobytes()},
                     prefix='wrapped')
-  state = torch_checkpoint.load_state_dict(path)
+  state = unpickling.load_state_dict(path)
   assert list(state) == ['fc.weight']
   np.testing.assert_array_equal(state['fc.weight'], w)
 
@@ -144,7 +144,7 @@ def test_malicious_globals_are_refused_without_running(tmp_path, module, name):
                     {'0': np.zeros(1, np.float32).tobytes()})
   with pytest.raises(UnsafeCheckpointError,
                      match=f'references global {module}.{name}, refusing'):
-    torch_checkpoint.load_state_dict(path)
+    unpickling.load_state_dict(path)
   assert not marker.exists()
 
 
@@ -155,7 +155,7 @@ def test_malicious_storage_type_is_refused(tmp_path):
   path = pth_writer.write_zip(tmp_path / 'evil.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
                     {'0': np.zeros(1, np.float32).tobytes()})
   with pytest.raises(UnsafeCheckpointError, match='os.system'):
-    torch_checkpoint.load_state_dict(path)
+    unpickling.load_state_dict(path)
   assert not marker.exists()
 
 
@@ -163,32 +163,32 @@ def test_non_zip_files(tmp_path):
   text = tmp_path / 'notes.pth'
   text.write_text('hello')
   with pytest.raises(CheckpointFormatError, match='not a PyTorch zip'):
-    torch_checkpoint.load_state_dict(text)
+    unpickling.load_state_dict(text)
   legacy = tmp_path / 'legacy.pth'
   # Legacy files open with a pickled LONG1 magic number, then more pickles.
   legacy.write_bytes(pth_writer.pickle(b'\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19'))
   with pytest.raises(CheckpointFormatError, match='legacy .*unsupported'):
-    torch_checkpoint.load_state_dict(legacy)
+    unpickling.load_state_dict(legacy)
   other_zip = tmp_path / 'other.zip'
   with zipfile.ZipFile(other_zip, 'w') as z:
     z.writestr('readme.txt', 'x')
   with pytest.raises(CheckpointFormatError, match='not a torch.save'):
-    torch_checkpoint.load_state_dict(other_zip)
+    unpickling.load_state_dict(other_zip)
 
 
 def test_missing_file_and_missing_storage(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    torch_checkpoint.load_state_dict(tmp_path / 'absent.pth')
+    unpickling.load_state_dict(tmp_path / 'absent.pth')
   items = [('x', pth_writer.tensor('0', np.float32, 1, 0, (1,), (1,)))]
   path = pth_writer.write_zip(tmp_path / 'nostorage.pth', pth_writer.pickle(pth_writer.ordered_dict(items)))
   with pytest.raises(CheckpointFormatError, match='missing from the archive'):
-    torch_checkpoint.load_state_dict(path)
+    unpickling.load_state_dict(path)
 
 
 def test_non_tensor_content_is_refused(tmp_path):
   path = pth_writer.write_zip(tmp_path / 'list.pth', pth_writer.pickle(b']'))
   with pytest.raises(CheckpointFormatError, match='not a state_dict'):
-    torch_checkpoint.load_state_dict(pathlib.Path(path))
+    unpickling.load_state_dict(pathlib.Path(path))
 
 
 @pytest.mark.parametrize('variant', ['inst', 'stack_global', 'newobj'])
@@ -203,5 +203,5 @@ def test_other_global_opcodes_are_refused(tmp_path, variant):
     ops = pth_writer.global_op('subprocess', 'Popen') + b'(' + command + b't\x81'
   path = pth_writer.write_zip(tmp_path / 'evil.pth', b'\x80\x04' + ops + b'.')
   with pytest.raises(UnsafeCheckpointError, match='refusing to load'):
-    torch_checkpoint.load_state_dict(path)
+    unpickling.load_state_dict(path)
   assert not marker.exists()

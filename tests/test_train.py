@@ -4,6 +4,7 @@ Runs the real `train_and_evaluate` on the embedded sample with a tiny config
 (32x32 crops, encoder height 32) so a run takes seconds on a CPU.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -20,8 +21,9 @@ import optax
 import pytest
 
 from expcorr_jax import checkpointing
+from expcorr_jax import pixels
 from expcorr_jax import train
-from expcorr_jax import uec_task
+from expcorr_jax.tasks import uec as uec_task
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -107,9 +109,9 @@ def test_sharded_step_equals_single_device_step():
 def test_training_outputs_equal_separate_passes():
   config = tiny_config(None)
   model = uec_task.create_model(config)
-  params = uec_task.init_params(model, config, jax.random.key(1))
-  batch = train.to_float(
-      {k: jnp.asarray(v) for k, v in _random_batch(2, 24, seed=3).items()})
+  params = uec_task.init_params(model, jax.random.key(1))
+  batch = {k: pixels.to_float(jnp.asarray(v))
+           for k, v in _random_batch(2, 24, seed=3).items()}
   from expcorr_jax.models import uec  # pylint: disable=g-import-not-at-top
   apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
   restored, out_lo, out_hi = apply(
@@ -213,16 +215,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   real_make_global_batch = train.make_global_batch
   calls = []
 
-  def loss_fn(model, params, batch, config, frozen=None):
-    loss, metrics = real_loss_fn(model, params, batch, config, frozen)
-    return loss + jnp.sum(batch['poison']), metrics
+  def loss_fn(model, params, batch, config):
+    result = real_loss_fn(model, params, batch, config)
+    return result._replace(loss=result.loss + jnp.sum(batch['poison']))
 
   def poisoned_batch(batch, mesh):
     calls.append(1)
     poison = np.full((8,), np.nan if len(calls) == 3 else 0.0, np.float32)
     return real_make_global_batch(dict(batch, poison=poison), mesh)
 
-  monkeypatch.setattr(uec_task, 'loss_fn', loss_fn)
+  monkeypatch.setattr(uec_task, 'TASK', dataclasses.replace(
+      uec_task.TASK, loss_fn=loss_fn))
   monkeypatch.setattr(train, 'make_global_batch', poisoned_batch)
   with pytest.raises(FloatingPointError, match='step 3'):
     train.train_and_evaluate(config, str(tmp_path))
@@ -237,14 +240,16 @@ def test_step_with_finite_loss_but_non_finite_gradient_is_not_applied(
   model = uec_task.create_model(config)
   real_loss_fn = uec_task.loss_fn
 
-  def loss_fn(model, params, batch, config, frozen=None):
+  def loss_fn(model, params, batch, config):
     # Adds exactly 0 to the loss, but the norm's gradient at a zero vector
     # (poison == 0) is NaN.
-    loss, metrics = real_loss_fn(model, params, batch, config, frozen)
+    result = real_loss_fn(model, params, batch, config)
     kernel = params['corrector']['encoder']['kernel']
-    return loss + 0.0 * jnp.linalg.norm(kernel * batch['poison'][0]), metrics
+    return result._replace(loss=result.loss + 0.0 * jnp.linalg.norm(
+        kernel * batch['poison'][0]))
 
-  monkeypatch.setattr(uec_task, 'loss_fn', loss_fn)
+  monkeypatch.setattr(uec_task, 'TASK', dataclasses.replace(
+      uec_task.TASK, loss_fn=loss_fn))
   optimizer = optax.adam(1e-3)
   mesh = train.make_mesh(jax.devices()[:1])
   state = train.init_state(model, config, optimizer, mesh)
@@ -268,9 +273,12 @@ def test_step_with_finite_loss_but_non_finite_gradient_is_not_applied(
     ('batch_size', 6, 'divisible by the 8 devices'),
     ('num_train_steps', 0, 'num_train_steps must be a positive integer'),
     ('model', 'unet', "Unknown model 'unet'"),
+    ('eval.protocols', ('full', 'psnr_only'),
+     r"Unknown eval protocols \['psnr_only'\] for 'uec'"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   config = tiny_config(None)
-  setattr(config, field, value)
+  parent, _, name = field.rpartition('.')
+  setattr(config[parent] if parent else config, name, value)
   with pytest.raises(ValueError, match=message):
     train.validate_config(config)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from expcorr_jax import vgg16
+from expcorr_jax.models import vgg16
+from expcorr_jax.weights import unpickling
 
 
 @pytest.fixture(scope='module')
@@ -104,10 +105,10 @@ def test_refuses_malicious_pickle_without_running_it(tmp_path):
   data = pickle.dumps({'VGG16_0': {'Conv_0': {'kernel': _Payload(marker)}}})
   bad_file = tmp_path / 'evil.ckpt'
   bad_file.write_bytes(data)
-  with pytest.raises(vgg16.UnsafePickleError, match='system'):
+  with pytest.raises(unpickling.UnsafePickleError, match='system'):
     vgg16.load_vgg16_params(bad_file)
-  with pytest.raises(vgg16.UnsafePickleError):
-    vgg16.safe_load_numpy_pickle(data)
+  with pytest.raises(unpickling.UnsafePickleError):
+    unpickling.safe_load_numpy_pickle(data)
   assert not marker.exists()
 
 
@@ -119,18 +120,18 @@ def test_refuses_other_numpy_globals_and_object_arrays():
     def __reduce__(self):
       return (np.load, ('/nonexistent',))
 
-  with pytest.raises(vgg16.UnsafePickleError, match='load'):
-    vgg16.safe_load_numpy_pickle(pickle.dumps(_NumpyLoad()))
+  with pytest.raises(unpickling.UnsafePickleError, match='load'):
+    unpickling.safe_load_numpy_pickle(pickle.dumps(_NumpyLoad()))
   # Object arrays can carry arbitrary objects: refused even when harmless.
   obj = pickle.dumps({'a': np.array([1, 'x'], dtype=object)})
-  with pytest.raises(vgg16.UnsafePickleError, match='object'):
-    vgg16.safe_load_numpy_pickle(obj)
+  with pytest.raises(unpickling.UnsafePickleError, match='object'):
+    unpickling.safe_load_numpy_pickle(obj)
 
 
 def test_plain_numeric_pickle_loads(tmp_path):
   tree = {'a': np.arange(6, dtype=np.float32).reshape(2, 3),
           'b': [np.array(3, np.int64), 1.5]}
-  got = vgg16.safe_load_numpy_pickle(pickle.dumps(tree, protocol=4))
+  got = unpickling.safe_load_numpy_pickle(pickle.dumps(tree, protocol=4))
   np.testing.assert_array_equal(got['a'], tree['a'])
   assert got['b'][1] == 1.5
 

@@ -5,7 +5,7 @@ A Flax Linen re-implementation of the official PyTorch network
 and to load its `state_dict`s. Everything is NHWC; params are a plain pytree
 used through the functional `init` / `apply` API:
 
-  state = torch_checkpoint.load_state_dict('recnet.pth')
+  state = unpickling.load_state_dict('recnet.pth')
   model = RECNet(**infer_config(state))           # nc=8, 5 blocks, 2 heads
   params = params_from_torch(state)
   out = model.apply({'params': params}, images)   # images (N, H, W, 3) in [0, 1]
@@ -49,10 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from expcorr_jax.models.conv_ops import blur_fft
-from expcorr_jax.models.conv_ops import blur_lax
-from expcorr_jax.models.conv_ops import grouped_conv_lax
-from expcorr_jax.models.conv_ops import grouped_conv_shift
+from expcorr_jax.models.recnet_conv_ops import blur_fft
+from expcorr_jax.models.recnet_conv_ops import blur_lax
+from expcorr_jax.models.recnet_conv_ops import grouped_conv_lax
+from expcorr_jax.models.recnet_conv_ops import grouped_conv_shift
 
 __all__ = [
     'CONV_IMPLS',
@@ -489,7 +489,7 @@ def params_from_torch(state_dict: dict[str, np.ndarray], *,
 
   Args:
     state_dict: torch key -> array (e.g. from
-      `expcorr_jax.torch_checkpoint.load_state_dict`).
+      `expcorr_jax.unpickling.load_state_dict`).
     nc, num_blocks, num_heads, reduction, blur_size: see `RECNet`.
 
   Returns:

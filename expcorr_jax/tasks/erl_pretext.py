@@ -1,50 +1,45 @@
-"""What the trainer needs to know about ERL's two BCM stages.
+"""ERL's pretext stages: what the two BCM tasks share.
 
 ERL ("Learning Sample Relationship for Exposure Correction", CVPR 2023)
 trains its batch-correlation module (BCM, models/erl.py) in two stages, both
 on normal-exposure images only, before a third stage uses it as a loss term:
 
-- 'erl_autoencoder' (stage 1): f_e and f_d learn to reconstruct their input,
-  L1(f_d(f_e(I)), I); trained params {'encoder', 'decoder'}.
-- 'erl_bcm' (stage 2): f_e, f_d are loaded frozen from the stage-1 workdir
-  (`config.erl.autoencoder_workdir`, through `load_frozen`); t_e and the 1x1
-  fusion are trained with the phase loss L1(phase(FFT(I)), phase(FFT(I')))
-  (or, as the paper's Table 2 ablation, pixel L1); trained params
-  {'transformer', 'fusion'}. `config.erl.batch_attention` chooses whether t_e
-  attends over the global batch or each device's sub-batch.
-- Stage 3 (another method's loss): `load_bcm(workdir)` gives the frozen
-  params for `erl.regulariser` / `erl.relationship_features`; a corrector's
-  config switches it on with its `config.erl` block (erl_stage3.py).
+- 'erl_autoencoder' (stage 1, tasks/erl_autoencoder.py): f_e and f_d learn
+  to reconstruct their input, L1(f_d(f_e(I)), I).
+- 'erl_bcm' (stage 2, tasks/erl_bcm.py): f_e, f_d are loaded frozen from the
+  stage-1 workdir (`config.erl.autoencoder_workdir`); t_e and the 1x1 fusion
+  are trained with the phase loss (or, as the paper's Table 2 ablation,
+  pixel L1).
+- Stage 3 (tasks/erl.py, the regulariser for any corrector): `load_bcm`
+  gives the frozen params for `erl.regulariser`.
 
 "Normal exposure" is the EV `config.data.normal_ev` (0) frame of each scene of
-a multi-exposure dataset, or the target of each pair of a paired one.
+a multi-exposure dataset, or the target of each pair of a paired one
+(`NormalExposureSample`).
 
-Evaluation has one protocol, 'reconstruction': the model reconstructs the
-evaluation pair's target (stage 1: f_d(f_e(I)); stage 2: I', the image alone
-in its batch), scored against that target. The pair's exposure input is
-returned as the 'input' only for the grid and the identity columns; the model
+Evaluation has one protocol, 'reconstruction' (`RECONSTRUCTION`): the model
+reconstructs the evaluation pair's target (stage 1: f_d(f_e(I)); stage 2: I',
+the image alone in its batch), scored against that target. The pair's
+exposure input is shown only in the grid and the identity columns; the model
 never sees it.
 """
 
 import dataclasses
-import functools
 from typing import Any
 
 from absl import logging
 import grain
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data_prep import image_codec
 from expcorr_jax import checkpointing
 from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
 from expcorr_jax.models import erl
+from expcorr_jax.tasks import contract
 
 AUTOENCODER = 'erl_autoencoder'
 BCM_MODEL = 'erl_bcm'
-PROTOCOLS = ('reconstruction',)
 PRETEXT_LOSSES = ('phase', 'l1')
 # Fields of config.erl that fix the shapes of f_e and f_d (stage 1's params).
 _CONV_FIELDS = ('features', 'encoder_layers', 'decoder_layers')
@@ -67,55 +62,15 @@ def _model_from(erl_config: Any) -> erl.BCM:
   return erl.BCM(**fields)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails early, naming the bad value; stage 2 also checks its stage 1."""
-  if config.model not in (AUTOENCODER, BCM_MODEL):
-    raise ValueError(f'erl_task trains {AUTOENCODER!r} or {BCM_MODEL!r}, not '
-                     f'{config.model!r}.')
-  unknown = set(config.eval.protocols) - set(PROTOCOLS)
-  if unknown:
-    raise ValueError(f'Unknown eval protocols {sorted(unknown)}; '
-                     f'choose from {PROTOCOLS}.')
+def validate_widths(config: ml_collections.ConfigDict) -> None:
+  """Checks the widths of f_e and f_d (both stages)."""
   for name in _CONV_FIELDS:
     if config.erl[name] < 1:
       raise ValueError(f'config.erl.{name} must be at least 1.')
-  if config.model == AUTOENCODER:
-    return
-  model = _model_from(config.erl)
-  if model.token_dim % config.erl.num_heads:
-    raise ValueError(
-        f'config.erl.num_heads={config.erl.num_heads} must divide the token '
-        f'size token_size^2 * features = {model.token_dim}.')
-  if config.erl.batch_attention not in erl.BATCH_ATTENTION_MODES:
-    raise ValueError(f'config.erl.batch_attention must be one of '
-                     f'{erl.BATCH_ATTENTION_MODES}, got '
-                     f'{config.erl.batch_attention!r}.')
-  if config.loss.pretext not in PRETEXT_LOSSES:
-    raise ValueError(f'config.loss.pretext must be one of {PRETEXT_LOSSES}, '
-                     f'got {config.loss.pretext!r}.')
-  per_device = config.batch_size // jax.device_count()
-  if config.erl.batch_attention == 'per_device' and per_device == 1:
-    logging.warning(
-        'per_device batch attention with one image per device: each image '
-        'attends only to itself. Use a larger batch or batch_attention=global.')
-  load_autoencoder(config.erl.autoencoder_workdir, config.erl)
 
 
 def create_model(config: ml_collections.ConfigDict) -> erl.BCM:
   return _model_from(config.erl)
-
-
-def init_params(model: erl.BCM, config: ml_collections.ConfigDict,
-                rng: jax.Array) -> Any:
-  """Fresh trainable params: stage 1 f_e, f_d; stage 2 t_e and the fusion."""
-  if config.model == AUTOENCODER:
-    images = jnp.zeros((1, 16, 16, 3), jnp.float32)
-    return model.init(rng, images, method=erl.BCM.reconstruct)['params']
-  tokens = jnp.zeros((2, model.token_dim), jnp.float32)
-  stacked = jnp.zeros((1, 1, 1, 2 * model.features), jnp.float32)
-  return model.init(
-      rng, tokens, stacked,
-      method=lambda m, t, f: (m.correlate(t), m.fusion(f)))['params']
 
 
 @dataclasses.dataclass
@@ -223,8 +178,9 @@ def load_bcm(workdir: str | None) -> dict[str, Any]:
   """
   if not workdir:
     raise ValueError(
-        'ERL stage 3 (config.erl.enabled) needs a trained BCM: set '
-        '--config.erl.bcm_workdir to the workdir of an ERL stage-2 run of\n  '
+        'ERL stage 3 (the `erl` config argument) needs a trained BCM: set '
+        '--config.regulariser.bcm_workdir to the workdir of an ERL stage-2 '
+        'run of\n  '
         + _train_command(BCM_MODEL, '<stage-2 workdir>'))
   params, saved, step = _load_stage(workdir, BCM_MODEL, 'stage-2', 'BCM')
   try:
@@ -237,68 +193,16 @@ def load_bcm(workdir: str | None) -> dict[str, Any]:
   return {'encoder': stage1['encoder'], 'transformer': params['transformer']}
 
 
-def load_frozen(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """Stage 2: the frozen stage-1 {'encoder', 'decoder'}; stage 1: None."""
-  if config.model == AUTOENCODER:
-    return None
-  return load_autoencoder(config.erl.autoencoder_workdir, config.erl)
+def _prepare_reconstruction(pair: input_pipeline.EvalPair,
+                            reference: None) -> contract.PreparedPair:
+  del reference  # Protocols take one; this one never has any.
+  target = pixels.to_uint8(pair.target)
+  return contract.PreparedPair(
+      model_input=pixels.to_float(target), reference=None,
+      shown_input=pixels.to_uint8(pair.input), target=target)
 
 
-def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict, frozen: Any = None):
-  """Returns (loss, metrics) for a float batch of normal-exposure 'image's."""
-  images = batch['image']
-  if config.model == AUTOENCODER:
-    reconstructed = model.apply({'params': params}, images,
-                                method=erl.BCM.reconstruct)
-    l1 = jnp.mean(jnp.abs(reconstructed - images))
-    return l1, {'l1': l1, 'loss': l1}
-  reconstructed = erl.bcm_reconstruct(
-      model, {**frozen, **params}, images, mode=config.erl.batch_attention)
-  phase = erl.phase_loss(images, reconstructed)
-  l1 = jnp.mean(jnp.abs(reconstructed - images))
-  loss = phase if config.loss.pretext == 'phase' else l1
-  return loss, {'phase': phase, 'l1': l1, 'loss': loss}
-
-
-def load_reference(config: ml_collections.ConfigDict) -> None:
-  """ERL evaluation uses no reference image."""
-  del config
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_reconstruct(model: erl.BCM, stage2: bool):
-  if stage2:
-    return jax.jit(lambda p, x: erl.bcm_reconstruct(model, p, x))
-  return jax.jit(lambda p, x: model.apply({'params': p}, x,
-                                          method=erl.BCM.reconstruct))
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-  if image.dtype == np.uint8:
-    return image
-  return np.round(image_codec.to_float(image) * 255).astype(np.uint8)
-
-
-def eval_pair(model: erl.BCM, params: Any, pair: input_pipeline.EvalPair,
-              reference: None, protocol: str, frozen: Any = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reconstructs the pair's target; returns uint8 (input, output, target).
-
-  Stage 2 (params with a 'transformer') also needs `frozen`, the stage-1
-  params that `load_frozen` returns.
-  """
-  del reference
-  if protocol not in PROTOCOLS:
-    raise ValueError(f'Unknown protocol {protocol!r}; choose from {PROTOCOLS}.')
-  stage2 = 'transformer' in params
-  if stage2:
-    if frozen is None:
-      raise ValueError('Evaluating an ERL BCM needs the frozen stage-1 '
-                       'params: pass frozen=load_frozen(config).')
-    params = {**frozen, **params}
-  target = _to_uint8(pair.target)
-  output = _jitted_reconstruct(model, stage2)(
-      params, image_codec.to_float(target)[None])[0]
-  output = np.round(np.clip(np.asarray(output), 0, 1) * 255).astype(np.uint8)
-  return _to_uint8(pair.input), output, target
+RECONSTRUCTION = contract.Protocol(
+    name='reconstruction', prepare=_prepare_reconstruction,
+    quantise=pixels.to_uint8, ssim_color='rgb', lpips=False,
+    description="the model's reconstruction of the normal-exposure target")

@@ -1,0 +1,58 @@
+"""Config arguments: the `:runlocal,erl` after a config file's path.
+
+  python -m expcorr_jax.main --config=configs/uec.py:runlocal,erl ...
+
+`get_config(arg)` receives 'runlocal,erl'; `parse_arg(arg, runlocal=False,
+erl=False)` turns it into a ConfigDict(runlocal=True, erl=True). As in
+big_vision: items are separated by commas, a bare name sets a boolean to
+True, `name=value` sets any argument, and each value takes the type of the
+argument's default. Unknown names are refused with the known ones listed, so
+a typo never silently does nothing.
+"""
+
+from typing import Any
+
+import ml_collections
+
+_TRUE = ('1', 'true', 'yes', 'on')
+_FALSE = ('0', 'false', 'no', 'off')
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if text.lower() in _TRUE + _FALSE:
+      return text.lower() in _TRUE
+    raise ValueError(f'Config argument {name} is a boolean, not {text!r}.')
+  if default is None or isinstance(default, str):
+    return text
+  try:
+    return type(default)(text)
+  except ValueError as e:
+    raise ValueError(f'Config argument {name} takes a '
+                     f'{type(default).__name__}, not {text!r}.') from e
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """The arguments of `arg` over the defaults `spec` (see the module).
+
+  Raises:
+    ValueError: an unknown name, a bare name of a non-boolean argument, or a
+      value of the wrong type.
+  """
+  result = dict(spec)
+  for item in (arg or '').split(','):
+    item = item.strip()
+    if not item:
+      continue
+    name, has_value, text = item.partition('=')
+    name = name.strip()
+    if name not in spec:
+      raise ValueError(f'Unknown config argument {name!r} in {arg!r}; '
+                       f'known: {sorted(spec)}.')
+    if has_value:
+      result[name] = _convert(name, text.strip(), spec[name])
+    elif isinstance(spec[name], bool):
+      result[name] = True
+    else:
+      raise ValueError(f'Config argument {name} needs a value: {name}=...')
+  return ml_collections.ConfigDict(result)

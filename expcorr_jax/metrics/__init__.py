@@ -1,0 +1,1 @@
+"""Quality metrics of corrected images: SSIM and LPIPS."""

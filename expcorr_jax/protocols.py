@@ -1,0 +1,113 @@
+"""Evaluation protocols that apply to any corrector.
+
+A protocol (`tasks.contract.Protocol`) says how an evaluation pair is fed to
+a corrector and how the result is scored; the corrector itself comes from
+the method (`Task.correct`). The shared ones:
+
+  'full':       stored resolution; the output rounded to uint8; PSNR on RGB,
+                SSIM on the three RGB channels. The reference, for methods
+                that take one, is used as it is.
+  'enc_fecnet': the ENC / FECNet / ERL evaluation code: input and target
+                converted to float and bilinearly resized UP to the next
+                multiple of 4 per side (`resize_to_multiple`), the target to
+                the output's size; output rounded to uint8; PSNR on RGB,
+                SSIM on grayscale.
+
+A method's own protocols (e.g. UEC's 'uec256', RECNet's 'recnet') live in
+its task module; `full_resolution` builds variants of 'full' (RECNet's adds
+LPIPS). `resolve` finds the protocols a config names.
+"""
+
+from typing import Iterable, Mapping
+
+import cv2
+import numpy as np
+
+from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
+from expcorr_jax.tasks import contract
+
+
+def resize_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
+  """Float32 [0, 1] image resized UP to the next multiple of `multiple`.
+
+  As the ENC / FECNet loaders do it: the image is converted to float, each
+  side rounded up to a multiple of 4, and resized with cv2's bilinear filter
+  (INTER_LINEAR, half-pixel centres); sizes already a multiple are kept
+  unchanged.
+  """
+  image = pixels.to_float(image)
+  height, width = image.shape[:2]
+  new_height = -(-height // multiple) * multiple
+  new_width = -(-width // multiple) * multiple
+  if (new_height, new_width) == (height, width):
+    return image
+  return cv2.resize(image, (new_width, new_height),
+                    interpolation=cv2.INTER_LINEAR)
+
+
+def _reference_or_none(reference: np.ndarray | None) -> np.ndarray | None:
+  return None if reference is None else pixels.to_float(reference)
+
+
+def _prepare_full(pair: input_pipeline.EvalPair,
+                  reference: np.ndarray | None) -> contract.PreparedPair:
+  return contract.PreparedPair(
+      model_input=pixels.to_float(pair.input),
+      reference=_reference_or_none(reference),
+      shown_input=pixels.to_uint8(pair.input),
+      target=pixels.to_uint8(pair.target))
+
+
+def full_resolution(name: str, *, lpips: bool = False,
+                    description: str = '') -> contract.Protocol:
+  """The 'full' protocol under another name, optionally with LPIPS."""
+  return contract.Protocol(name=name, prepare=_prepare_full,
+                           quantise=pixels.to_uint8, ssim_color='rgb',
+                           lpips=lpips, description=description)
+
+
+def _prepare_enc_fecnet(pair: input_pipeline.EvalPair,
+                        reference: np.ndarray | None
+                        ) -> contract.PreparedPair:
+  model_input = resize_to_multiple(pair.input, 4)
+  target = pixels.to_float(pair.target)
+  if target.shape[:2] != model_input.shape[:2]:  # It follows the output.
+    target = cv2.resize(target, (model_input.shape[1], model_input.shape[0]),
+                        interpolation=cv2.INTER_LINEAR)
+  return contract.PreparedPair(
+      model_input=model_input, reference=_reference_or_none(reference),
+      shown_input=pixels.to_uint8(model_input),
+      target=pixels.to_uint8(target))
+
+
+FULL = full_resolution(
+    'full', description='stored resolution, rounded to uint8, RGB SSIM')
+ENC_FECNET = contract.Protocol(
+    name='enc_fecnet', prepare=_prepare_enc_fecnet, quantise=pixels.to_uint8,
+    ssim_color='gray', lpips=False,
+    description=('ENC/FECNet/ERL code: resized up to a multiple of 4, '
+                 'grayscale SSIM'))
+SHARED = {protocol.name: protocol for protocol in (FULL, ENC_FECNET)}
+
+
+def available(task: contract.Task) -> Mapping[str, contract.Protocol]:
+  """The protocols a task can be evaluated under: its own, then shared."""
+  return {**SHARED, **task.protocols}
+
+
+def resolve(task: contract.Task,
+            names: Iterable[str]) -> list[contract.Protocol]:
+  """The protocols `names` names, for `task`.
+
+  Raises:
+    ValueError: a name is neither the task's nor a shared protocol.
+  """
+  known = available(task)
+  names = list(names)
+  unknown = [name for name in names if name not in known]
+  if unknown:
+    raise ValueError(f'Unknown eval protocols {sorted(unknown)} for '
+                     f'{task.name!r}; choose from {sorted(known)} '
+                     '(config.eval.protocols).')
+  return [known[name] for name in names]

@@ -1,0 +1,219 @@
+"""UEC (ECCV 2024): the task of the unsupervised, reference-steered corrector.
+
+Network: `models/uec.py`. Config: `configs/uec.py`.
+
+Training samples (`UECSample`): two frames of one scene of a multi-exposure
+dataset (input, target) plus two frames of ANOTHER scene ordered by exposure
+(ref_lo, ref_hi with EV(ref_lo) < EV(ref_hi)): the paper's mutual ground
+truths.
+
+Loss (released code): restoration = MSE(three-pass output(input, target),
+target), where the target frame is also the reference; monotonicity =
+mean(relu(out(input, ref_lo) - out(input, ref_hi))) with single passes and two
+references of another scene; an optional total variation term (the paper's,
+weight 0.1; off in the released code). The three-pass restoration and its
+target are what a regulariser (ERL, `config.regulariser`) compares.
+
+Correction: three passes towards a reference image (the official inference).
+Evaluation corrects every validation frame towards one fixed reference
+(`config.eval.reference`, by default a well-exposed frame of the embedded
+sample) under the shared 'full' protocol and UEC's own 'uec256' (the official
+one: input, reference and target resized to 256x256, aspect ignored, output
+TRUNCATED to uint8, as the official code does).
+"""
+
+import dataclasses
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
+from expcorr_jax.models import uec
+from expcorr_jax.tasks import contract
+
+class IndexedSource(grain.sources.RandomAccessDataSource):
+  """Yields (index, record), so a sampler knows which scene it holds."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int):
+    return index, self._source[index]
+
+  def record(self, index: int):
+    return self._source[index]
+
+  def __repr__(self) -> str:
+    # The default repr holds the object's address, which differs in a resumed
+    # run, and grain would reject the checkpoint of the data iterator.
+    return f'IndexedSource({input_pipeline.source_repr(self._source)})'
+
+
+@dataclasses.dataclass
+class UECSample(grain.transforms.RandomMap):
+  """(index, scene record) -> input/target of that scene + refs of another."""
+  source: IndexedSource
+  crop_size: int | None
+  flip: bool
+
+  def random_map(self, element, rng: np.random.Generator) -> dict[str, Any]:
+    index, record = element
+    num_scenes = len(self.source)
+    if num_scenes < 2:
+      raise ValueError('The UEC sampler needs at least two scenes (references '
+                       'come from another scene); the dataset has one.')
+    evs = np.asarray(record['evs'], np.float32)
+    if len(evs) < 2:
+      raise ValueError(f'Scene {input_pipeline.text(record["scene"])!r} has fewer than two '
+                       'frames; the UEC sampler needs two of each scene.')
+    input_frame, target_frame = rng.choice(len(evs), size=2, replace=False)
+    other = int(rng.integers(num_scenes - 1))
+    other += other >= index
+    other_record = self.source.record(other)
+    other_evs = np.asarray(other_record['evs'], np.float32)
+    lo, hi = sorted(rng.choice(len(other_evs), size=2, replace=False),
+                    key=lambda i: other_evs[i])
+    if other_evs[lo] == other_evs[hi]:
+      raise ValueError(f'Scene {input_pipeline.text(other_record["scene"])!r} repeats an EV.')
+    frames = record['frames']
+    other_frames = other_record['frames']
+    image_in, image_target = input_pipeline.crop_and_flip(
+        [input_pipeline.decode(frames[input_frame]), input_pipeline.decode(frames[target_frame])], rng,
+        self.crop_size, self.flip)
+    ref_lo, ref_hi = input_pipeline.crop_and_flip(
+        [input_pipeline.decode(other_frames[lo]), input_pipeline.decode(other_frames[hi])], rng,
+        self.crop_size, self.flip)
+    return {
+        'input': image_in, 'target': image_target,
+        'ref_lo': ref_lo, 'ref_hi': ref_hi,
+        'input_ev': evs[input_frame], 'target_ev': evs[target_frame],
+        'ref_lo_ev': other_evs[lo], 'ref_hi_ev': other_evs[hi],
+    }
+
+
+
+def train_loader(source, *, crop_size: int | None, flip: bool,
+                     **loader_kwargs) -> grain.DataLoader:
+  indexed = IndexedSource(source)
+  return input_pipeline.make_train_loader(indexed, UECSample(indexed, crop_size, flip),
+                           **loader_kwargs)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  if config.loss.num_passes < 1:
+    raise ValueError('loss.num_passes must be at least 1.')
+
+
+def create_model(config: ml_collections.ConfigDict) -> uec.UEC:
+  return contract.build_module(uec.UEC, config)
+
+
+def init_params(model: uec.UEC, rng: jax.Array) -> Any:
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  return model.init(rng, x, x, 1, method=uec.UEC.multi_pass)['params']
+
+
+def make_train_loader(config, train_source, **loader_kwargs):
+  if not config.data.name.startswith('multi_exposure'):
+    raise ValueError(
+        f'UEC trains on multi-exposure sequences, not {config.data.name!r}: '
+        "set config.data.name to 'multi_exposure/sample', "
+        "'multi_exposure/raw' (with data.manual_dir) or another "
+        'multi_exposure config.')
+  return train_loader(train_source, crop_size=config.data.crop_size,
+                      flip=config.data.flip, **loader_kwargs)
+
+
+def total_variation(images: jax.Array) -> jax.Array:
+  """Mean squared horizontal and vertical differences (the paper's TV)."""
+  dy = images[:, 1:] - images[:, :-1]
+  dx = images[:, :, 1:] - images[:, :, :-1]
+  return jnp.mean(dy**2) + jnp.mean(dx**2)
+
+
+def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
+            config: ml_collections.ConfigDict) -> contract.LossOutput:
+  """The loss of a float batch from the UEC sampler."""
+  restored, out_lo, out_hi = model.apply(
+      {'params': params}, batch['input'], batch['target'], batch['ref_lo'],
+      batch['ref_hi'], config.loss.num_passes,
+      method=uec.UEC.training_outputs)
+  restoration = jnp.mean((restored - batch['target'])**2)
+  monotonicity = jnp.mean(jax.nn.relu(out_lo - out_hi))
+  loss = (config.loss.restoration_weight * restoration +
+          config.loss.monotonicity_weight * monotonicity)
+  metrics = {'restoration': restoration, 'monotonicity': monotonicity}
+  if config.loss.tv_weight:
+    tv = total_variation(restored)
+    loss += config.loss.tv_weight * tv
+    metrics['tv'] = tv
+  return contract.LossOutput(loss, metrics, output=restored,
+                             target=batch['target'])
+
+
+def correct(model: uec.UEC, params: Any, images: jax.Array,
+            reference: jax.Array) -> jax.Array:
+  """The official inference: three passes towards the reference."""
+  return model.apply({'params': params}, images, reference, 3,
+                     method=uec.UEC.multi_pass)
+
+
+def _resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+  return np.asarray(Image.fromarray(pixels.to_uint8(image)).resize(
+      (size, size), Image.BILINEAR))
+
+
+def _prepare_uec256(pair: input_pipeline.EvalPair,
+                    reference: np.ndarray) -> contract.PreparedPair:
+  image_in = _resize_uint8(pair.input, 256)
+  return contract.PreparedPair(
+      model_input=pixels.to_float(image_in),
+      reference=pixels.to_float(_resize_uint8(reference, 256)),
+      shown_input=image_in, target=_resize_uint8(pair.target, 256))
+
+
+UEC256 = contract.Protocol(
+    name='uec256', prepare=_prepare_uec256,
+    quantise=lambda output: pixels.to_uint8(output, truncate=True),
+    ssim_color='rgb', lpips=False,
+    description=('the official UEC test: 256x256 (aspect ignored), output '
+                 'truncated to uint8'))
+
+# The encoder's first conv (7x7, stride 2, padding 1) needs 5 columns.
+_MIN_ENCODER_WIDTH = 5
+
+
+def check_size(module: uec.UEC, height: int, width: int) -> None:
+  """UEC resizes inputs to (encoder_height, width alike): not too narrow."""
+  size = uec.encoder_size(height, width, module.encoder_height)
+  if size[1] < _MIN_ENCODER_WIDTH:
+    raise ValueError(
+        f'A {height}x{width} image is too narrow for UEC: its exposure encoder '
+        f'sees it resized to {size[0]}x{size[1]}, and needs at least '
+        f'{_MIN_ENCODER_WIDTH} columns (width/height >= '
+        f'{_MIN_ENCODER_WIDTH}/{module.encoder_height}).')
+
+
+TASK = contract.Task(
+    name='uec',
+    create_model=create_model,
+    init_params=init_params,
+    loss_fn=loss_fn,
+    make_train_loader=make_train_loader,
+    correct=correct,
+    needs_reference=True,
+    protocols={UEC256.name: UEC256},
+    validate_config=validate_config,
+    inference=contract.InferenceHooks(
+        module_type=uec.UEC,
+        load_official=lambda path: (uec.load_official(path), {}),
+        check_size=check_size))
