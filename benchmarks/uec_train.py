@@ -21,7 +21,6 @@ is its CPU-sized variant (128 x 128 crops, encoder height 128). --batch_size
 overrides the configs' batch sizes (8 by default, the default config's).
 """
 
-import importlib.util
 import os
 import pathlib
 import statistics
@@ -33,6 +32,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from expcorr_jax import config_args
 from expcorr_jax import train
 from expcorr_jax.tasks import uec as uec_task
 
@@ -53,10 +53,8 @@ CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'uec.py'
 
 
 def get_config(name: str):
-  spec = importlib.util.spec_from_file_location('uec_config', CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(None if name == 'default' else name)
+  config = config_args.load_config(CONFIG_FILE,
+                                   None if name == 'default' else name)
   if _BATCH_SIZE.value:
     config.batch_size = _BATCH_SIZE.value
   return config

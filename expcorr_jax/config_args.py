@@ -10,6 +10,8 @@ argument's default. Unknown names are refused with the known ones listed, so
 a typo never silently does nothing.
 """
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -56,3 +58,21 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     else:
       raise ValueError(f'Config argument {name} needs a value: {name}=...')
   return ml_collections.ConfigDict(result)
+
+
+def load_config(path: str | os.PathLike[str],
+                arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` gives it.
+
+  Config files live in `configs/`, which is no package, so they are loaded
+  by path (for tests, benchmarks and scripts; the CLIs use
+  `ml_collections.config_flags`).
+  """
+  path = os.fspath(path)
+  name = '_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'No config file {path}.')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -6,7 +6,6 @@ data-parallel tests.
 """
 
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -15,11 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
+
+import checkpoint_writer  # tests/ is on sys.path.
 
 from data_prep import image_codec
 from expcorr_jax import checkpointing
+from expcorr_jax import config_args
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import train
@@ -35,11 +36,7 @@ TINY = dict(features=2, encoder_layers=2, decoder_layers=2, token_size=4,
 
 
 def _config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(
-      name, REPO_ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = config_args.load_config(REPO_ROOT / 'configs' / f'{name}.py', arg)
   for key, value in TINY.items():
     if key in config.erl:
       config.erl[key] = value
@@ -70,19 +67,6 @@ _features = jax.jit(erl.relationship_features, static_argnames=('mode',))
 _reconstruct = jax.jit(erl.bcm_reconstruct, static_argnums=0,
                        static_argnames=('mode',))
 _regulariser = jax.jit(erl.regulariser, static_argnames=('mode',))
-
-
-def _write_checkpoint(workdir: pathlib.Path, params, config: dict) -> None:
-  """A checkpoint as checkpointing.save lays it out (state, config)."""
-  manager = ocp.CheckpointManager(
-      workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(create=True),
-      item_names=('state', 'config'))
-  manager.save(1, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({'params': params}),
-      config=ocp.args.JsonSave(config)))
-  manager.wait_until_finished()
-  manager.close()
 
 
 def _sub_dict(params, *keys):
@@ -291,7 +275,7 @@ def test_stage2_names_a_missing_or_wrong_stage1_checkpoint(
 
   _, params = bcm
   wrong = tmp_path / 'uec_run'
-  _write_checkpoint(wrong, params, {'model': 'uec'})
+  checkpoint_writer.write_params_checkpoint(wrong, params, {'model': 'uec'})
   config.erl.autoencoder_workdir = str(wrong)
   with pytest.raises(ValueError, match=r"uec_run holds a 'uec' checkpoint.*"
                      r"\n.*configs/erl_autoencoder.py"):
@@ -299,8 +283,8 @@ def test_stage2_names_a_missing_or_wrong_stage1_checkpoint(
 
   narrow = tmp_path / 'narrow_run'
   stage1 = _config('erl_autoencoder')
-  _write_checkpoint(narrow, _sub_dict(params, 'encoder', 'decoder'),
-                    stage1.to_dict())
+  checkpoint_writer.write_params_checkpoint(
+      narrow, _sub_dict(params, 'encoder', 'decoder'), stage1.to_dict())
   config.erl.autoencoder_workdir = str(narrow)
   config.erl.features = 3
   with pytest.raises(ValueError, match=r'erl.features=\(2, 3\)'):
@@ -355,8 +339,9 @@ def test_stage2_trains_evaluates_and_loads_for_stage3(sample_data_dir,
                                                       tmp_path, bcm):
   _, params = bcm
   stage1 = tmp_path / 'stage1'
-  _write_checkpoint(stage1, _sub_dict(params, 'encoder', 'decoder'),
-                    _config('erl_autoencoder').to_dict())
+  checkpoint_writer.write_params_checkpoint(
+      stage1, _sub_dict(params, 'encoder', 'decoder'),
+      _config('erl_autoencoder').to_dict())
   config = _config('erl_bcm', 'runlocal')
   config.erl.autoencoder_workdir = str(stage1)
   config.data.data_dir = sample_data_dir

@@ -5,7 +5,6 @@ checkpoints; UEC and RECNet use it through the `erl` config argument, which
 adds `config.regulariser` (tasks/erl.py), applied by the trainer.
 """
 
-import importlib.util
 import pathlib
 import types
 
@@ -13,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+import checkpoint_writer  # tests/ is on sys.path.
+
 from expcorr_jax import checkpointing
+from expcorr_jax import config_args
 from expcorr_jax import inference
 from expcorr_jax import train
 from expcorr_jax.models import erl
@@ -29,24 +30,7 @@ TINY = dict(features=2, encoder_layers=2, decoder_layers=2, token_size=4,
 
 
 def _config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(
-      f'_test_{name}', REPO_ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def _write_checkpoint(workdir: pathlib.Path, params, config: dict) -> None:
-  """A checkpoint as checkpointing.save lays it out (state, config)."""
-  manager = ocp.CheckpointManager(
-      workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(create=True),
-      item_names=('state', 'config'))
-  manager.save(1, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({'params': params}),
-      config=ocp.args.JsonSave(config)))
-  manager.wait_until_finished()
-  manager.close()
+  return config_args.load_config(REPO_ROOT / 'configs' / f'{name}.py', arg)
 
 
 def _stage_config(name: str, **fields) -> dict:
@@ -67,11 +51,12 @@ def bcm_workdir(tmp_path_factory):
                                jnp.zeros((1, 8, 8, 3)))['params']
   params = jax.tree.map(np.asarray, params)
   stage1, stage2 = root / 'stage1', root / 'stage2'
-  _write_checkpoint(stage1, {k: params[k] for k in ('encoder', 'decoder')},
-                    _stage_config('erl_autoencoder'))
-  _write_checkpoint(stage2, {k: params[k] for k in ('transformer', 'fusion')},
-                    _stage_config('erl_bcm',
-                                  autoencoder_workdir=str(stage1)))
+  checkpoint_writer.write_params_checkpoint(
+      stage1, {k: params[k] for k in ('encoder', 'decoder')},
+      _stage_config('erl_autoencoder'))
+  checkpoint_writer.write_params_checkpoint(
+      stage2, {k: params[k] for k in ('transformer', 'fusion')},
+      _stage_config('erl_bcm', autoencoder_workdir=str(stage1)))
   return stage2
 
 
@@ -225,7 +210,8 @@ def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(
   stage1 = bcm_workdir.parent / 'stage1'
   for wrong, kind in ((stage1, 'erl_autoencoder'), (tmp_path / 'uec', 'uec')):
     if kind == 'uec':
-      _write_checkpoint(wrong, {'x': np.zeros(2)}, {'model': 'uec'})
+      checkpoint_writer.write_params_checkpoint(wrong, {'x': np.zeros(2)},
+                                                {'model': 'uec'})
     config.regulariser.bcm_workdir = str(wrong)
     with pytest.raises(ValueError, match=rf"holds a '{kind}' checkpoint, not "
                        r'an ERL stage-2 BCM(.|\n)*configs/erl_bcm.py'):
@@ -235,7 +221,7 @@ def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(
   orphan = tmp_path / 'orphan'
   params, saved, _ = checkpointing.load_params(str(bcm_workdir))
   saved['erl']['autoencoder_workdir'] = str(tmp_path / 'deleted_stage1')
-  _write_checkpoint(orphan, params, saved)
+  checkpoint_writer.write_params_checkpoint(orphan, params, saved)
   config.regulariser.bcm_workdir = str(orphan)
   with pytest.raises(FileNotFoundError, match='orphan reads its f_e from the '
                      'stage-1 workdir(.|\n)*deleted_stage1'):

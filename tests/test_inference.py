@@ -7,34 +7,17 @@ golden output check that the whole path reproduces the released model.
 """
 
 import collections
-import os
 
 import flax.linen as nn
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from expcorr_jax import checkpointing
+import checkpoint_writer  # tests/ is on sys.path.
 from expcorr_jax import inference
 from expcorr_jax.models import uec
 
 ENCODER_HEIGHT = 64  # Not the default 256, to see the config is honoured.
-
-
-def save_uec_checkpoint(workdir, params, config, step=5):
-  """Writes a training-layout checkpoint holding `params` and `config`."""
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True, enable_async_checkpointing=False),
-      item_names=('state', 'data', 'config'))
-  state = {'step': np.int32(step), 'params': params, 'opt_state': {}}
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config)), force=True)
-  manager.wait_until_finished()
-  manager.close()
 
 
 def random_uec_params(seed=0):
@@ -56,9 +39,10 @@ def random_uec_params(seed=0):
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   path = tmp_path_factory.mktemp('workdir')
-  save_uec_checkpoint(path, random_uec_params(),
-                      {'model': 'uec', 'model_encoder_height': ENCODER_HEIGHT,
-                       'seed': 0})
+  checkpoint_writer.write_params_checkpoint(
+      path, random_uec_params(),
+      {'model': 'uec', 'model_encoder_height': ENCODER_HEIGHT, 'seed': 0},
+      step=5)
   return path
 
 
@@ -224,7 +208,8 @@ def test_checkpoint_errors(workdir, tmp_path):
   with pytest.raises(ValueError, match=r"Unknown UEC settings \['height'\]"):
     inference.Corrector.from_checkpoint(workdir, height=3)
   recnet_dir = tmp_path / 'recnet_run'
-  save_uec_checkpoint(recnet_dir, random_uec_params(), {'model': 'recnet'})
+  checkpoint_writer.write_params_checkpoint(recnet_dir, random_uec_params(),
+                                            {'model': 'recnet'}, step=5)
   with pytest.raises(ValueError, match="holds a 'recnet' checkpoint, not "
                      "'uec'"):
     inference.Corrector.from_checkpoint(recnet_dir, model='uec')

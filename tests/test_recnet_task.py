@@ -8,7 +8,6 @@ convolutions slowly).
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ import optax
 import pytest
 
 from expcorr_jax import checkpointing
+from expcorr_jax import config_args
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
@@ -32,16 +32,12 @@ from expcorr_jax.tasks import recnet_loss
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      'recnet_config', REPO_ROOT / 'configs' / 'recnet.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _get_config(arg=None):
+  return config_args.load_config(REPO_ROOT / 'configs' / 'recnet.py', arg)
 
 
 def tiny_config(data_dir=None, num_train_steps=6):
-  config = _load_config_module().get_config('runlocal')
+  config = _get_config('runlocal')
   config.data.data_dir = data_dir
   config.data.crop_size = 32
   config.batch_size = 8
@@ -70,7 +66,7 @@ def _random_batch(batch_size=8, size=32, seed=0):
 
 
 def test_defaults_are_the_released_config():
-  config = _load_config_module().get_config()
+  config = _get_config()
   assert (config.model, config.model_nc, config.model_num_blocks,
           config.model_num_heads) == ('recnet', 8, 5, 2)
   assert config.data.name == 'multi_exposure/sample'
@@ -88,7 +84,7 @@ def test_defaults_are_the_released_config():
   assert (loss.pixel_loss, loss.paper_mask_sign) == ('l1', False)
   assert recnet_task.loss_config(config) == recnet_loss.RECNetLossConfig()
   assert tuple(config.eval.protocols) == ('recnet', 'enc_fecnet')
-  runlocal = _load_config_module().get_config('runlocal')
+  runlocal = _get_config('runlocal')
   # Runlocal's batch of 2 is for one CPU device; tests/conftest.py simulates
   # 8, which the trainer rightly refuses with the fix in the message.
   with pytest.raises(ValueError, match='--config.batch_size=8'):
@@ -98,7 +94,7 @@ def test_defaults_are_the_released_config():
 
 
 def test_schedule_halves_the_rate_at_the_decay_steps():
-  config = _load_config_module().get_config()
+  config = _get_config()
   config.optimizer.decay_steps = (2, 4)
   optimizer = train.make_optimizer(config)
   params = {'w': jnp.zeros(())}

@@ -5,7 +5,6 @@ Runs the real `train_and_evaluate` on the embedded sample with a tiny config
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ import optax
 import pytest
 
 from expcorr_jax import checkpointing
+from expcorr_jax import config_args
 from expcorr_jax import pixels
 from expcorr_jax import train
 from expcorr_jax.tasks import uec as uec_task
@@ -28,16 +28,12 @@ from expcorr_jax.tasks import uec as uec_task
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      'uec_config', REPO_ROOT / 'configs' / 'uec.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _get_config(arg=None):
+  return config_args.load_config(REPO_ROOT / 'configs' / 'uec.py', arg)
 
 
 def tiny_config(data_dir, num_train_steps=6):
-  config = _load_config_module().get_config('runlocal')
+  config = _get_config('runlocal')
   config.data.data_dir = data_dir
   config.data.crop_size = 32
   config.batch_size = 8

@@ -280,8 +280,8 @@ def regulariser(params: Any, output: Array, target: Array, *,
                 model: BCM | None = None) -> Array:
   """Stage 3's L_r = L1(t_e(f_e(output)), t_e(f_e(target))) (Eq. 4).
 
-  The BCM (`params`, e.g. from `tasks.erl_pretext.load_bcm`) is frozen and the target
-  a constant: gradients reach `output` only. Outputs and targets are
+  The BCM (`params`, e.g. from `tasks.erl_pretext.load_bcm`) is frozen and
+  the target a constant: gradients reach `output` only. Outputs and targets are
   correlated as two separate batches (the relationship among the corrected
   results vs. among the ground truths). Args as `relationship_features`.
   """

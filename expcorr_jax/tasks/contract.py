@@ -1,4 +1,4 @@
-"""The task contract: all the trainer, evaluation and inference know of a method.
+"""The task contract: what training, evaluation and inference know of a method.
 
 A method is three files:
 - `expcorr_jax/models/<name>.py`: its Flax Linen network(s);

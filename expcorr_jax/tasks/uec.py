@@ -73,8 +73,9 @@ class UECSample(grain.transforms.RandomMap):
                        'come from another scene); the dataset has one.')
     evs = np.asarray(record['evs'], np.float32)
     if len(evs) < 2:
-      raise ValueError(f'Scene {input_pipeline.text(record["scene"])!r} has fewer than two '
-                       'frames; the UEC sampler needs two of each scene.')
+      raise ValueError(f'Scene {input_pipeline.text(record["scene"])!r} has '
+                       'fewer than two frames; the UEC sampler needs two of '
+                       'each scene.')
     input_frame, target_frame = rng.choice(len(evs), size=2, replace=False)
     other = int(rng.integers(num_scenes - 1))
     other += other >= index
@@ -83,14 +84,16 @@ class UECSample(grain.transforms.RandomMap):
     lo, hi = sorted(rng.choice(len(other_evs), size=2, replace=False),
                     key=lambda i: other_evs[i])
     if other_evs[lo] == other_evs[hi]:
-      raise ValueError(f'Scene {input_pipeline.text(other_record["scene"])!r} repeats an EV.')
+      raise ValueError(f'Scene {input_pipeline.text(other_record["scene"])!r} '
+                       'repeats an EV.')
     frames = record['frames']
     other_frames = other_record['frames']
+    decode = input_pipeline.decode
     image_in, image_target = input_pipeline.crop_and_flip(
-        [input_pipeline.decode(frames[input_frame]), input_pipeline.decode(frames[target_frame])], rng,
+        [decode(frames[input_frame]), decode(frames[target_frame])], rng,
         self.crop_size, self.flip)
     ref_lo, ref_hi = input_pipeline.crop_and_flip(
-        [input_pipeline.decode(other_frames[lo]), input_pipeline.decode(other_frames[hi])], rng,
+        [decode(other_frames[lo]), decode(other_frames[hi])], rng,
         self.crop_size, self.flip)
     return {
         'input': image_in, 'target': image_target,
@@ -100,12 +103,12 @@ class UECSample(grain.transforms.RandomMap):
     }
 
 
-
 def train_loader(source, *, crop_size: int | None, flip: bool,
-                     **loader_kwargs) -> grain.DataLoader:
+                 **loader_kwargs) -> grain.DataLoader:
+  """The UEC sampler over a multi-exposure source, as a grain loader."""
   indexed = IndexedSource(source)
-  return input_pipeline.make_train_loader(indexed, UECSample(indexed, crop_size, flip),
-                           **loader_kwargs)
+  return input_pipeline.make_train_loader(
+      indexed, UECSample(indexed, crop_size, flip), **loader_kwargs)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
