@@ -8,7 +8,8 @@ Metrics are computed on uint8 RGB images, as the papers report them:
   grayscale image (BT.601 luma rounded to integers) where the protocol says so.
   SSIM variants differ by up to ~0.01, so every report names the one each
   protocol used.
-- LPIPS (VGG, v0.1 linear weights; see `lpips.py`) where the protocol asks.
+- LPIPS (VGG, v0.1 linear weights; see `metrics/lpips.py`) where the protocol
+  asks.
 
 What each protocol feeds the model and measures is its `Protocol`
 (`tasks/contract.py`; shared ones in `protocols.py`, a method's own in its

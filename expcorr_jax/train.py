@@ -158,7 +158,10 @@ def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh,
   data = jax.sharding.NamedSharding(mesh, P('data'))
 
   def step(state: TrainState, batch, frozen):
-    batch = {k: pixels.to_float(v) for k, v in batch.items()}
+    # Stored pixels (uint8/uint16) become float32 in [0, 1] on the device;
+    # other arrays (EVs, labels) stay as they are.
+    batch = {k: pixels.to_float(v) if pixels.is_integer_pixels(v.dtype) else v
+             for k, v in batch.items()}
     (loss, metrics), grads = jax.value_and_grad(
         lambda p: loss_and_metrics(model, p, batch, config, frozen),
         has_aux=True)(state.params)

@@ -37,7 +37,7 @@ float32 rounding (~1e-7), gradients included:
     31x31 parameter, so a separable pair of 1-D convs would not be exact.
 Other backends keep `lax.conv_general_dilated` ('lax'), the straightforward
 formulation that the CPU one is tested against (tests/test_recnet_parity.py);
-both live in `conv_ops.py`, and benchmarks/recnet_speed.py times them.
+both live in `recnet_conv_ops.py`, and benchmarks/recnet_speed.py times them.
 """
 
 import functools
