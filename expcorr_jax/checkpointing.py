@@ -2,11 +2,14 @@
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so a crash mid-save never corrupts the latest good checkpoint; restoring picks
-the latest complete step. The grain iterator state is saved beside the train
-state so a resumed run sees exactly the batches an uninterrupted run would.
+the latest complete step. The grain iterator state (one file per process) is
+saved beside the train state so a resumed run sees exactly the batches an
+uninterrupted run would. Restored into another number of processes, the train
+state is resharded and the data order restarts from its seed (logged).
 """
 
 import os
+import re
 from typing import Any
 
 from absl import logging
@@ -47,10 +50,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   step = manager.latest_step()
   if step is None:
     return None, None
+  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  saved_processes = _saved_process_count(manager, step)
+  if saved_processes == jax.process_count():
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+  else:
+    logging.warning(
+        'Checkpoint %d was written by %s processes, this run has %d: its '
+        'train state is restored, but the data iterators cannot carry over, '
+        'so the data order restarts from the seed.', step,
+        saved_processes or 'an unknown number of', jax.process_count())
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(
         f'Checkpoint {step} in {manager.directory} does not fit this config '
@@ -59,6 +70,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   logging.info('Restored checkpoint at step %d from %s.', step,
                manager.directory)
   return step, restored.state
+
+
+_ITERATOR_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
+
+
+def _saved_process_count(manager: ocp.CheckpointManager,
+                         step: int) -> int | None:
+  """How many processes wrote a step's data-iterator states (grain's files)."""
+  directory = os.path.join(os.fspath(manager.directory), str(step), 'data')
+  if not os.path.isdir(directory):
+    return None
+  counts = {int(match.group(2)) for match in
+            map(_ITERATOR_FILE.fullmatch, os.listdir(directory)) if match}
+  return counts.pop() if len(counts) == 1 else None
 
 
 def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -96,13 +121,24 @@ def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
                             'workdir, its checkpoints/ folder or a step folder.')
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=('state', 'config'))
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'config': ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No complete checkpoint in {directory}: train '
                             'first, or give the path of a finished one.')
+  # Onto this process's first device, whatever devices and processes wrote
+  # it (a checkpoint of a 2-host run loads on a laptop).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda leaf: (jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                         sharding=device)
+                    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype')
+                    else leaf),
+      manager.item_metadata(step)['state'])
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(abstract),
+      config=ocp.args.JsonRestore()))
   manager.close()
   params = jax.tree.map(np.asarray, restored.state['params'])
   return params, dict(restored.config), step

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax.metrics import ssim as ssim_lib
@@ -157,60 +158,69 @@ def pair_corrector(task: contract.Task, model: Any, params: Any,
   return correct_pair
 
 
-def evaluate(pairs: Iterable[input_pipeline.EvalPair],
-             correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
-                               tuple[np.ndarray, np.ndarray, np.ndarray]],
-             protocols: Sequence[contract.Protocol], *,
-             num_grid_images: int = 0,
-             grid_reference: np.ndarray | None = None,
-             lpips: bool | None = None) -> tuple[dict, list]:
-  """Scores `correct` on every pair under each protocol.
+# Per-pair scores, in this order wherever they are packed into an array.
+PAIR_METRICS = ('psnr', 'ssim', 'identity_psnr', 'identity_ssim', 'lpips',
+                'identity_lpips')
 
-  Args:
-    pairs: evaluation pairs (input, target, EV tag).
-    correct: (pair, protocol) -> uint8 (input, output, target) as the
-      protocol defines them (resizing, rounding); `pair_corrector` makes one
-      for a method.
-    protocols: the protocols (`protocols.resolve` finds them by name).
-    num_grid_images: how many pairs to keep for an image grid.
-    grid_reference: the reference image to show in the grid, if any.
-    lpips: None: LPIPS where the protocol asks for it; True / False: for
-      every protocol / for none.
+
+def _lpips_per_protocol(protocols: Sequence[contract.Protocol],
+                        lpips: bool | None) -> dict[str, bool]:
+  return {p.name: p.lpips if lpips is None else lpips for p in protocols}
+
+
+def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
+                correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
+                                  tuple[np.ndarray, np.ndarray, np.ndarray]],
+                protocols: Sequence[contract.Protocol], *,
+                num_grid_images: int = 0,
+                grid_reference: np.ndarray | None = None,
+                lpips: bool | None = None
+                ) -> tuple[list[tuple[str, dict]], list]:
+  """Scores each pair under each protocol (see `evaluate` for the args).
 
   Returns:
-    (report, grid_rows): the report maps protocol name -> {'per_ev': {tag:
-    {psnr, ssim, identity_psnr, identity_ssim[, lpips, identity_lpips],
-    count}}, 'under': {...}, 'over': {...} (groups with members only),
-    'all': {...}, 'ssim_variant': str, 'lpips_variant': str or None};
-    grid_rows are lists of images (input, output, target[, reference]).
+    (rows, grid_rows): one (EV tag, {protocol name: {metric: value}}) per
+    pair, in order, with the metrics of `PAIR_METRICS` the protocol computes;
+    and the image-grid rows of the first `num_grid_images` pairs.
   """
   protocols = list(protocols)
-  with_lpips = {p.name: p.lpips if lpips is None else lpips for p in protocols}
-  scores = {p.name: collections.defaultdict(
-      lambda: collections.defaultdict(list)) for p in protocols}
-  grid_rows = []
+  with_lpips = _lpips_per_protocol(protocols, lpips)
+  rows, grid_rows = [], []
   for pair in pairs:
+    scores = {}
     for protocol in protocols:
       image_in, output, target = correct(pair, protocol)
       color = protocol.ssim_color
-      by_tag = scores[protocol.name][pair.ev_tag]
-      by_tag['psnr'].append(psnr(output, target))
-      by_tag['ssim'].append(ssim(output, target, color))
-      by_tag['identity_psnr'].append(psnr(image_in, target))
-      by_tag['identity_ssim'].append(ssim(image_in, target, color))
+      values = {'psnr': psnr(output, target),
+                'ssim': ssim(output, target, color),
+                'identity_psnr': psnr(image_in, target),
+                'identity_ssim': ssim(image_in, target, color)}
       if with_lpips[protocol.name]:
         distances = _lpips_metric()(np.stack([output, image_in]),
                                     np.stack([target, target]))
-        by_tag['lpips'].append(float(distances[0]))
-        by_tag['identity_lpips'].append(float(distances[1]))
+        values['lpips'] = float(distances[0])
+        values['identity_lpips'] = float(distances[1])
+      scores[protocol.name] = values
       if protocol is protocols[0] and len(grid_rows) < num_grid_images:
         row = [image_in, output, target]
         if grid_reference is not None:
           row.append(grid_reference)
         grid_rows.append(row)
+    rows.append((pair.ev_tag, scores))
+  return rows, grid_rows
+
+
+def summarise(rows: Sequence[tuple[str, dict]],
+              protocols: Sequence[contract.Protocol], *,
+              lpips: bool | None = None) -> dict:
+  """The report of per-pair `rows` (see `evaluate`'s Returns)."""
+  with_lpips = _lpips_per_protocol(protocols, lpips)
   report = {}
   for protocol in protocols:
-    by_tag = scores[protocol.name]
+    by_tag = collections.defaultdict(lambda: collections.defaultdict(list))
+    for tag, scores in rows:
+      for name, value in scores[protocol.name].items():
+        by_tag[tag][name].append(value)
     result = {'per_ev': {}}
     merged = {group: collections.defaultdict(list)
               for group in GROUPS + ('all',)}
@@ -232,7 +242,82 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
     result['lpips_variant'] = (_lpips_variant() if with_lpips[protocol.name]
                                else None)
     report[protocol.name] = result
-  return report, grid_rows
+  return report
+
+
+def evaluate(pairs: Iterable[input_pipeline.EvalPair],
+             correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
+                               tuple[np.ndarray, np.ndarray, np.ndarray]],
+             protocols: Sequence[contract.Protocol], *,
+             num_grid_images: int = 0,
+             grid_reference: np.ndarray | None = None,
+             lpips: bool | None = None) -> tuple[dict, list]:
+  """Scores `correct` on every pair under each protocol, in this process.
+
+  Args:
+    pairs: evaluation pairs (input, target, EV tag).
+    correct: (pair, protocol) -> uint8 (input, output, target) as the
+      protocol defines them (resizing, rounding); `pair_corrector` makes one
+      for a method.
+    protocols: the protocols (`protocols.resolve` finds them by name).
+    num_grid_images: how many pairs to keep for an image grid.
+    grid_reference: the reference image to show in the grid, if any.
+    lpips: None: LPIPS where the protocol asks for it; True / False: for
+      every protocol / for none.
+
+  Returns:
+    (report, grid_rows): the report maps protocol name -> {'per_ev': {tag:
+    {psnr, ssim, identity_psnr, identity_ssim[, lpips, identity_lpips],
+    count}}, 'under': {...}, 'over': {...} (groups with members only),
+    'all': {...}, 'ssim_variant': str, 'lpips_variant': str or None};
+    grid_rows are lists of images (input, output, target[, reference]).
+  """
+  protocols = list(protocols)
+  rows, grid_rows = score_pairs(pairs, correct, protocols,
+                                num_grid_images=num_grid_images,
+                                grid_reference=grid_reference, lpips=lpips)
+  return summarise(rows, protocols, lpips=lpips), grid_rows
+
+
+def evaluate_source(pairs_source, correct, protocols: Sequence[contract.Protocol],
+                    *, limit: int | None = None, num_grid_images: int = 0,
+                    grid_reference: np.ndarray | None = None,
+                    lpips: bool | None = None) -> tuple[dict, list]:
+  """`evaluate` on the first `limit` pairs of a source, split over processes.
+
+  Process i scores pairs i, i + n, i + 2n, ... of the n processes; the
+  per-pair scores are gathered so that every process returns the report a
+  single process would compute (the same numbers, averaged in the same
+  order). The grid holds the first of this process's pairs. Every process
+  must call it (it ends with a collective gather).
+  """
+  protocols = list(protocols)
+  count = input_pipeline.num_eval_pairs(pairs_source, limit)
+  process, processes = jax.process_index(), jax.process_count()
+  own = range(process, count, processes)
+  local_rows, grid_rows = score_pairs(
+      (input_pipeline.read_eval_pair(pairs_source, i) for i in own), correct,
+      protocols, num_grid_images=num_grid_images,
+      grid_reference=grid_reference, lpips=lpips)
+  packed = np.full((count, len(protocols), len(PAIR_METRICS)), np.nan)
+  for index, (_, scores) in zip(own, local_rows):
+    for p, protocol in enumerate(protocols):
+      for m, metric in enumerate(PAIR_METRICS):
+        packed[index, p, m] = scores[protocol.name].get(metric, np.nan)
+  gathered = distributed.gather_from_processes(packed)
+  owner = np.arange(count) % processes
+  packed = gathered[owner, np.arange(count)]
+  with_lpips = _lpips_per_protocol(protocols, lpips)
+  metrics = {protocol.name: PAIR_METRICS if with_lpips[protocol.name]
+             else PAIR_METRICS[:4] for protocol in protocols}
+  rows = []
+  for index in range(count):
+    scores = {protocol.name: {
+        metric: float(packed[index, p, PAIR_METRICS.index(metric)])
+        for metric in metrics[protocol.name]}
+              for p, protocol in enumerate(protocols)}
+    rows.append((input_pipeline.eval_pair_tag(pairs_source, index), scores))
+  return summarise(rows, protocols, lpips=lpips), grid_rows
 
 
 def _lpips_variant() -> str:

@@ -227,13 +227,27 @@ class EvalPair:
   target: np.ndarray
 
 
+def num_eval_pairs(pairs_source, limit: int | None = None) -> int:
+  """How many pairs an evaluation reads: all, or the first `limit`."""
+  return len(pairs_source) if limit is None else min(limit, len(pairs_source))
+
+
+def read_eval_pair(pairs_source, index: int) -> EvalPair:
+  """Pair `index` at full resolution (no crops, no flips), decoded."""
+  record = pairs_source[index]
+  image_in = decode(record['input'])
+  return EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
+                  input=image_in,
+                  target=_match_size(decode(record['target']), image_in.shape))
+
+
+def eval_pair_tag(pairs_source, index: int) -> str:
+  """The EV tag of pair `index`, without decoding its images."""
+  return text(pairs_source[index]['ev_tag'])
+
+
 def iterate_eval_pairs(pairs_source, *,
                        limit: int | None = None) -> Iterator[EvalPair]:
   """Full-resolution evaluation pairs in a fixed order (no crops, no flips)."""
-  count = len(pairs_source) if limit is None else min(limit, len(pairs_source))
-  for index in range(count):
-    record = pairs_source[index]
-    image_in = decode(record['input'])
-    yield EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
-                   input=image_in,
-                   target=_match_size(decode(record['target']), image_in.shape))
+  for index in range(num_eval_pairs(pairs_source, limit)):
+    yield read_eval_pair(pairs_source, index)

@@ -3,6 +3,12 @@ r"""Trains and evaluates an exposure-correction model from a config file.
   python -m expcorr_jax.main --config=configs/uec.py --workdir=/tmp/uec
 
 Rerunning the same command resumes from the latest checkpoint in the workdir.
+
+Multi-process jobs (TPU pod slices, several GPU nodes): on Cloud TPU, Slurm,
+Open MPI or Kubernetes the same command runs on every host or task and JAX's
+cluster detection connects them; elsewhere give each process
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+(process 0's host and a free port; see README, "Scaling out").
 """
 
 import logging as python_logging
@@ -13,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from expcorr_jax import distributed
 from expcorr_jax import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -20,6 +27,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training config file, e.g. configs/uec.py[:runlocal].',
     lock_config=True)
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process runs without a detected cluster: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: the number of processes.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process, 0..N-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -39,6 +53,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -10,15 +10,17 @@ Robustness:
 - Rerunning with the same workdir resumes from the latest checkpoint (train
   state, data-iterator state, config), ending with exactly the params of an
   uninterrupted run.
-- SIGTERM (preemption) saves a checkpoint at the current step, then returns.
+- SIGTERM (preemption) saves a checkpoint at the current step, then returns;
+  with several processes, at one step all of them agree on, whichever
+  process got the signal (`distributed.Preemption`).
 - A non-finite loss or gradient never reaches the parameters (the step
-  keeps the old state) and stops the run with an error naming the step; no checkpoint is
-  written after it, so the last good one stays intact.
+  keeps the old state) and stops the run with an error naming the step; no
+  checkpoint is written after it, so the last good one stays intact.
+- Evaluation is split over the processes (`evaluation.evaluate_source`): the
+  report is the one a single process would write.
 """
 
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -31,6 +33,7 @@ import numpy as np
 import optax
 
 from expcorr_jax import checkpointing
+from expcorr_jax import distributed
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
@@ -206,28 +209,6 @@ def init_state(model, config, optimizer, mesh) -> TrainState:
       jax.random.key(config.seed))
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM; the loop saves and returns when it sees it."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint, then exiting.')
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _check_finite(pending: list[tuple[int, dict]]) -> None:
   for step, metrics in pending:
     if not bool(metrics['finite']):
@@ -253,18 +234,26 @@ def _log_metrics(writer, step: int, pending: list[tuple[int, dict]],
                          if 'second' not in k), steps_per_s, eta)
 
 
+def local_copy(array: jax.Array) -> jax.Array:
+  """This process's copy of a replicated array, on its first local device."""
+  return array.addressable_data(0)
+
+
 def run_evaluation(task, model, params, config, workdir: str, step: int,
                    eval_pairs_source, reference, writer,
                    frozen: dict[str, Any]) -> dict:
   """Evaluates, writes JSON, a log table, summaries and an image grid."""
   start = time.time()
-  pairs = input_pipeline.iterate_eval_pairs(eval_pairs_source,
-                                            limit=config.eval.max_images)
+  # Each process scores its own pairs on one of its devices: a local copy of
+  # the replicated params, so no collective runs per image.
+  params = jax.tree.map(local_copy, params)
   if task.correction_params is not None:
     params = task.correction_params(params, frozen['task'])
-  report, grid_rows = evaluation.evaluate(
-      pairs, evaluation.pair_corrector(task, model, params, reference),
+  report, grid_rows = evaluation.evaluate_source(
+      eval_pairs_source,
+      evaluation.pair_corrector(task, model, params, reference),
       protocols.resolve(task, config.eval.protocols),
+      limit=config.eval.max_images,
       num_grid_images=config.eval.num_grid_images, grid_reference=reference)
   path = os.path.join(workdir, f'eval_step_{step}.json')
   if jax.process_index() == 0:
@@ -289,6 +278,38 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
   return report
 
 
+def local_workdir(workdir: str) -> str:
+  """The absolute workdir; refuses URLs such as gs:// with the fix.
+
+  Summaries, reports and image grids are written with local file calls, so a
+  bucket must be mounted (e.g. with GCS FUSE) and given as a path.
+  """
+  if '://' in str(workdir):
+    raise ValueError(
+        f'--workdir={workdir}: remote workdirs are not supported (summaries '
+        'and reports are written as local files). Mount the bucket (e.g. '
+        '`gcsfuse --implicit-dirs BUCKET /mnt/bucket`) and pass a path under '
+        'the mount, or use a local or network-filesystem path.')
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
+def prepare_dataset(config: ml_collections.ConfigDict) -> None:
+  """Prepares the dataset once, also with many processes.
+
+  Process 0 prepares it first while the others wait at a barrier; then every
+  other process checks for it, which reads the copy process 0 made where
+  `data_dir` is shared, and builds a host-local copy where it is not (the
+  builder's file lock keeps the processes of one host from building twice).
+  """
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  data = config.data
+  if jax.process_index() == 0:
+    build.ensure_prepared(data.name, data.data_dir, data.manual_dir)
+  distributed.barrier('dataset prepared')
+  if jax.process_index() != 0:
+    build.ensure_prepared(data.name, data.data_dir, data.manual_dir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict | None:
   """Trains `config.model` in `workdir`; returns the final eval report.
@@ -297,12 +318,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   from data_prep import build  # pylint: disable=g-import-not-at-top
   validate_config(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   task = tasks.get_task(config.model)
-
-  build.ensure_prepared(config.data.name, config.data.data_dir,
-                        config.data.manual_dir)
+  prepare_dataset(config)
   train_source = build.data_source(config.data.name, config.data.train_split,
                                    config.data.data_dir)
   eval_pairs = input_pipeline.as_pairs(
@@ -328,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       manager, checkpointing.abstract_like(state, replicated), iterator)
   if restored is not None:
     state = restored
-  step = int(jax.device_get(state.step))
+  step = int(local_copy(state.step))
   writer = summary_writer.SummaryWriter(workdir)
   if restored_step is None:
     writer.write_text(0, {'config': f'```\n{config}\n```'})
@@ -341,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                else None)
   pending = []
   last_log = time.time()
-  with _PreemptionFlag() as preemption:
+  with distributed.Preemption() as preemption:
     while step < config.num_train_steps:
       state, metrics = train_step(state, make_global_batch(next(iterator),
                                                            mesh))
@@ -349,8 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       pending.append((step, metrics))
       log_now = (step % config.log_every_steps == 0 or
                  step == config.num_train_steps)
+      preempted = preemption.reached(step)
       save_now = (step % config.checkpoint_every_steps == 0 or
-                  step == config.num_train_steps or preemption.requested)
+                  step == config.num_train_steps or preempted)
       if log_now or save_now:
         _check_finite(pending)
       if log_now:
@@ -359,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         pending, last_log = [], time.time()
       if save_now:
         checkpointing.save(manager, step, state, iterator, config)
-      if preemption.requested:
+      if preempted:
         logging.warning('Preempted at step %d; rerun to resume.', step)
         writer.close()
         manager.close()

@@ -3,7 +3,8 @@
 Most runs are in-process (`correct.run` parses flags into fresh FlagValues);
 one subprocess run covers `python -m` on a 4000x3000 JPEG. Photos share a few
 sizes so the (shared) compile cache keeps the runs quick. The checkpoint is a
-tiny UEC training checkpoint from `test_inference`'s helpers.
+tiny UEC training checkpoint (tests/checkpoint_writer.py) of
+`test_inference`'s random params.
 """
 
 import io
@@ -21,7 +22,8 @@ import pytest
 from data_prep import image_codec
 from expcorr_jax import correct
 from expcorr_jax import inference
-import test_inference  # Its checkpoint helpers; tests/ is on sys.path.
+import checkpoint_writer  # tests/ is on sys.path.
+import test_inference  # Its UEC params helpers.
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 H, W = 45, 31  # Odd; the upright size of every good photo below.
@@ -47,7 +49,7 @@ def _jpeg_with_orientation(path, image, orientation):
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
   path = tmp_path_factory.mktemp('workdir')
-  test_inference.save_uec_checkpoint(
+  checkpoint_writer.write_params_checkpoint(
       path, test_inference.random_uec_params(),
       {'model': 'uec', 'model_encoder_height': test_inference.ENCODER_HEIGHT})
   return path
@@ -185,7 +187,7 @@ def test_bad_invocations_are_usage_errors(checkpoint, reference, photos,
 def test_wrong_kind_of_checkpoint_is_a_usage_error(reference, photos,
                                                   tmp_path):
   workdir = tmp_path / 'recnet_run'
-  test_inference.save_uec_checkpoint(
+  checkpoint_writer.write_params_checkpoint(
       workdir, test_inference.random_uec_params(), {'model': 'recnet'})
   with pytest.raises(app.UsageError, match="holds a 'recnet' checkpoint"):
     correct.run(_args(workdir, reference, tmp_path / 'out', photos))

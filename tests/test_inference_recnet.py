@@ -15,6 +15,7 @@ from expcorr_jax import correct
 from expcorr_jax import inference
 from expcorr_jax.models import recnet
 import pth_writer  # tests/ is on sys.path.
+import checkpoint_writer  # tests/ is on sys.path.
 import test_inference
 
 # Not the official width, depth or head count.
@@ -84,7 +85,7 @@ def test_other_width_loads_from_its_weights_and_runs_at_odd_sizes(
 
 def test_training_checkpoint_builds_the_saved_width(tmp_path, small_corrector):
   workdir = tmp_path / 'recnet_run'
-  test_inference.save_uec_checkpoint(
+  checkpoint_writer.write_params_checkpoint(
       workdir, jax.tree.map(np.asarray, small_corrector.params),
       {'model': 'recnet', 'model_nc': 4, 'model_num_blocks': 2,
        'model_num_heads': 1})
