@@ -128,9 +128,19 @@ def load_reference(config) -> np.ndarray:
   return pixels.to_float(image)
 
 
+_CORRECTIONS: list[Callable] = []  # Every jitted correction made so far.
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted_correction(task: contract.Task, model: Any) -> Callable:
-  return jax.jit(functools.partial(task.apply_correction, model))
+  jitted = jax.jit(functools.partial(task.apply_correction, model))
+  _CORRECTIONS.append(jitted)
+  return jitted
+
+
+def compiled_corrections() -> list[Callable]:
+  """The jitted corrections evaluation made (for counting compiles)."""
+  return list(_CORRECTIONS)
 
 
 def pair_corrector(task: contract.Task, model: Any, params: Any,
