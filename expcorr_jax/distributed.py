@@ -27,10 +27,21 @@ SIGTERM handler (the runtime's is only there after `initialize`).
 import signal
 import threading
 
+from absl import app
+from absl import flags
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process runs without a detected cluster: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: the number of processes.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process, 0..N-1.')
 
 
 def _detected_cluster() -> tuple[str, int] | None:
@@ -99,6 +110,15 @@ def initialize(coordinator_address: str | None = None,
   logging.info('JAX distributed runtime: process %d of %d.',
                jax.process_index(), jax.process_count())
   return True
+
+
+def initialize_from_flags() -> bool:
+  """`initialize` with this module's flags, for an absl program's main."""
+  try:
+    return initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def barrier(name: str) -> None:

@@ -24,16 +24,18 @@ the (pair, protocol) -> uint8 (input, output, target) function that
 """
 
 import collections
+import csv
 import functools
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import tqdm
 
 from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
@@ -173,6 +175,13 @@ PAIR_METRICS = ('psnr', 'ssim', 'identity_psnr', 'identity_ssim', 'lpips',
                 'identity_lpips')
 
 
+class PairScores(NamedTuple):
+  """One pair's scores: {protocol name: {metric: value}} (`PAIR_METRICS`)."""
+  name: str
+  ev_tag: str
+  scores: dict[str, dict[str, float]]
+
+
 def _lpips_per_protocol(protocols: Sequence[contract.Protocol],
                         lpips: bool | None) -> dict[str, bool]:
   return {p.name: p.lpips if lpips is None else lpips for p in protocols}
@@ -185,13 +194,13 @@ def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
                 num_grid_images: int = 0,
                 grid_reference: np.ndarray | None = None,
                 lpips: bool | None = None
-                ) -> tuple[list[tuple[str, dict]], list]:
+                ) -> tuple[list[PairScores], list]:
   """Scores each pair under each protocol (see `evaluate` for the args).
 
   Returns:
-    (rows, grid_rows): one (EV tag, {protocol name: {metric: value}}) per
-    pair, in order, with the metrics of `PAIR_METRICS` the protocol computes;
-    and the image-grid rows of the first `num_grid_images` pairs.
+    (rows, grid_rows): one `PairScores` per pair, in order, with the metrics
+    of `PAIR_METRICS` each protocol computes; and the image-grid rows of the
+    first `num_grid_images` pairs.
   """
   protocols = list(protocols)
   with_lpips = _lpips_per_protocol(protocols, lpips)
@@ -216,11 +225,11 @@ def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
         if grid_reference is not None:
           row.append(grid_reference)
         grid_rows.append(row)
-    rows.append((pair.ev_tag, scores))
+    rows.append(PairScores(pair.name, pair.ev_tag, scores))
   return rows, grid_rows
 
 
-def summarise(rows: Sequence[tuple[str, dict]],
+def summarise(rows: Sequence[PairScores],
               protocols: Sequence[contract.Protocol], *,
               lpips: bool | None = None) -> dict:
   """The report of per-pair `rows` (see `evaluate`'s Returns)."""
@@ -228,9 +237,9 @@ def summarise(rows: Sequence[tuple[str, dict]],
   report = {}
   for protocol in protocols:
     by_tag = collections.defaultdict(lambda: collections.defaultdict(list))
-    for tag, scores in rows:
-      for name, value in scores[protocol.name].items():
-        by_tag[tag][name].append(value)
+    for row in rows:
+      for name, value in row.scores[protocol.name].items():
+        by_tag[row.ev_tag][name].append(value)
     result = {'per_ev': {}}
     merged = {group: collections.defaultdict(list)
               for group in GROUPS + ('all',)}
@@ -289,10 +298,12 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
   return summarise(rows, protocols, lpips=lpips), grid_rows
 
 
-def evaluate_source(pairs_source, correct, protocols: Sequence[contract.Protocol],
-                    *, limit: int | None = None, num_grid_images: int = 0,
+def evaluate_source(pairs_source, correct,
+                    protocols: Sequence[contract.Protocol], *,
+                    limit: int | None = None, num_grid_images: int = 0,
                     grid_reference: np.ndarray | None = None,
-                    lpips: bool | None = None) -> tuple[dict, list]:
+                    lpips: bool | None = None,
+                    progress: bool = False) -> tuple[dict, list, list]:
   """`evaluate` on the first `limit` pairs of a source, split over processes.
 
   Process i scores pairs i, i + n, i + 2n, ... of the n processes; the
@@ -300,20 +311,27 @@ def evaluate_source(pairs_source, correct, protocols: Sequence[contract.Protocol
   single process would compute (the same numbers, averaged in the same
   order). The grid holds the first of this process's pairs. Every process
   must call it (it ends with a collective gather).
+
+  Returns:
+    (report, grid_rows, rows): as `evaluate`, plus every pair's
+    `PairScores` in the source's order.
   """
   protocols = list(protocols)
   count = input_pipeline.num_eval_pairs(pairs_source, limit)
   process, processes = jax.process_index(), jax.process_count()
   own = range(process, count, processes)
+  pairs = (input_pipeline.read_eval_pair(pairs_source, i) for i in own)
+  if progress:
+    pairs = tqdm.tqdm(pairs, total=len(own), unit='pair',
+                      desc=f'Evaluating (process {process})')
   local_rows, grid_rows = score_pairs(
-      (input_pipeline.read_eval_pair(pairs_source, i) for i in own), correct,
-      protocols, num_grid_images=num_grid_images,
+      pairs, correct, protocols, num_grid_images=num_grid_images,
       grid_reference=grid_reference, lpips=lpips)
   packed = np.full((count, len(protocols), len(PAIR_METRICS)), np.nan)
-  for index, (_, scores) in zip(own, local_rows):
+  for index, row in zip(own, local_rows):
     for p, protocol in enumerate(protocols):
       for m, metric in enumerate(PAIR_METRICS):
-        packed[index, p, m] = scores[protocol.name].get(metric, np.nan)
+        packed[index, p, m] = row.scores[protocol.name].get(metric, np.nan)
   gathered = distributed.gather_from_processes(packed)
   owner = np.arange(count) % processes
   packed = gathered[owner, np.arange(count)]
@@ -326,8 +344,26 @@ def evaluate_source(pairs_source, correct, protocols: Sequence[contract.Protocol
         metric: float(packed[index, p, PAIR_METRICS.index(metric)])
         for metric in metrics[protocol.name]}
               for p, protocol in enumerate(protocols)}
-    rows.append((input_pipeline.eval_pair_tag(pairs_source, index), scores))
-  return summarise(rows, protocols, lpips=lpips), grid_rows
+    name, tag = input_pipeline.eval_pair_label(pairs_source, index)
+    rows.append(PairScores(name, tag, scores))
+  return summarise(rows, protocols, lpips=lpips), grid_rows, rows
+
+
+def write_csv(rows: Sequence[PairScores], path: str) -> None:
+  """One CSV row per pair and protocol (name, EV tag, PSNR, SSIM, LPIPS...).
+
+  For finding failure cases and for significance tests; written atomically.
+  Metrics a protocol did not compute are empty.
+  """
+  temporary = f'{path}.tmp'
+  with open(temporary, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(('name', 'ev_tag', 'protocol') + PAIR_METRICS)
+    for row in rows:
+      for protocol, scores in row.scores.items():
+        writer.writerow((row.name, row.ev_tag, protocol) + tuple(
+            repr(scores[m]) if m in scores else '' for m in PAIR_METRICS))
+  os.replace(temporary, path)
 
 
 def _lpips_variant() -> str:

@@ -241,9 +241,10 @@ def read_eval_pair(pairs_source, index: int) -> EvalPair:
                   target=_match_size(decode(record['target']), image_in.shape))
 
 
-def eval_pair_tag(pairs_source, index: int) -> str:
-  """The EV tag of pair `index`, without decoding its images."""
-  return text(pairs_source[index]['ev_tag'])
+def eval_pair_label(pairs_source, index: int) -> tuple[str, str]:
+  """(name, EV tag) of pair `index`, without decoding its images."""
+  record = pairs_source[index]
+  return text(record['name']), text(record['ev_tag'])
 
 
 def iterate_eval_pairs(pairs_source, *,

@@ -27,13 +27,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training config file, e.g. configs/uec.py[:runlocal].',
     lock_config=True)
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None,
-    'Multi-process runs without a detected cluster: HOST:PORT of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Multi-process runs: the number of processes.')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'Multi-process runs: this process, 0..N-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -53,11 +46,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  distributed.initialize_from_flags()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

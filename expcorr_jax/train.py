@@ -249,7 +249,7 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
   params = jax.tree.map(local_copy, params)
   if task.correction_params is not None:
     params = task.correction_params(params, frozen['task'])
-  report, grid_rows = evaluation.evaluate_source(
+  report, grid_rows, _ = evaluation.evaluate_source(
       eval_pairs_source,
       evaluation.pair_corrector(task, model, params, reference),
       protocols.resolve(task, config.eval.protocols),

@@ -1,0 +1,140 @@
+"""The evaluation CLI: checkpoints of training and official weights, scored.
+
+- The official UEC weights on the two MSEC test images of the golden
+  fixture (an MSEC layout the test writes) reproduce the official outputs
+  through the `full` protocol, and the CLI writes the JSON, CSV and table.
+- A training workdir evaluates to exactly its training run's own final
+  evaluation, also under a config whose model settings differ (they come
+  from the checkpoint).
+"""
+
+import csv
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from data_prep import build
+from data_prep import image_codec
+from expcorr_jax import config_args
+from expcorr_jax import evaluate
+from expcorr_jax import evaluation
+from expcorr_jax import input_pipeline
+from expcorr_jax import pixels
+from expcorr_jax import protocols
+from expcorr_jax import train
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _uec_config(arg=None):
+  return config_args.load_config(REPO_ROOT / 'configs' / 'uec.py', arg)
+
+
+@pytest.fixture
+def golden(shared_fixture):
+  return np.load(shared_fixture('uec/uec_golden_exposure_errors.npz'))
+
+
+def _msec_test_split(root: pathlib.Path, golden) -> list[str]:
+  """The fixture's two MSEC test inputs as an MSEC layout (lossless PNGs)."""
+  names = []
+  for i in range(2):
+    name = pathlib.Path(str(golden[f'name_{i}'])).stem  # <scene>_<tag>
+    scene = name.rsplit('_', 1)[0]
+    image_codec.write_png(root / 'testing' / 'INPUT_IMAGES' / f'{name}.png',
+                          golden[f'input_{i}'])
+    target = pixels.to_uint8(golden[f'output3_{i}'])  # Any target will do.
+    (root / 'testing' / 'expert_c_testing_set').mkdir(parents=True,
+                                                      exist_ok=True)
+    image_codec.write_png(
+        root / 'testing' / 'expert_c_testing_set' / f'{scene}.png', target)
+    names.append(name)
+  return names
+
+
+def test_official_uec_weights_on_msec_images_reproduce_the_golden_outputs(
+    shared_fixture, golden, tmp_path):
+  manual = tmp_path / 'MSEC'
+  (manual / 'testing' / 'INPUT_IMAGES').mkdir(parents=True)
+  names = _msec_test_split(manual, golden)
+  reference = tmp_path / 'reference.png'
+  image_codec.write_png(reference, golden['reference'])
+  config = _uec_config()
+  config.data.name = 'msec'
+  config.data.manual_dir = str(manual)
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.eval_split = 'test'
+  config.eval.reference = str(reference)
+  config.eval.protocols = ('full',)
+  checkpoint = str(shared_fixture('uec/exposure-errors.pth'))
+  out = tmp_path / 'out'
+  report = evaluate.evaluate_checkpoint(config, checkpoint, str(out),
+                                        save_images=True)
+
+  # Through the code path the CLI used, before rounding: the official output.
+  task, model, params, _ = evaluate.load_checkpoint(config, checkpoint)
+  source = build.data_source('msec', 'test', config.data.data_dir)
+  unrounded = dataclasses.replace(protocols.FULL, quantise=np.asarray)
+  correct_pair = evaluation.pair_corrector(
+      task, model, params, evaluation.load_reference(config))
+  by_name = {}
+  for index in range(len(source)):
+    pair = input_pipeline.read_eval_pair(source, index)
+    by_name[pair.name] = pair
+    i = names.index(pair.name)
+    _, output, _ = correct_pair(pair, unrounded)
+    assert np.max(np.abs(output - golden[f'output3_{i}'])) <= 1e-5
+    saved = image_codec.read_image(out / 'images' / 'full' / f'{pair.name}.png')
+    np.testing.assert_array_equal(saved, pixels.to_uint8(output))
+
+  stem = out / 'eval_msec_test'
+  saved_report = json.loads(stem.with_suffix('.json').read_text())
+  assert saved_report['checkpoint'] == checkpoint
+  assert saved_report['results']['full']['all']['count'] == 2
+  assert report['full']['all']['count'] == 2
+  with open(stem.with_suffix('.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(row['name'] for row in rows) == sorted(names)
+  for row in rows:
+    pair = by_name[row['name']]
+    expected = evaluation.psnr(
+        image_codec.read_image(out / 'images' / 'full' / f'{pair.name}.png'),
+        pixels.to_uint8(pair.target))
+    assert float(row['psnr']) == pytest.approx(expected, rel=1e-12)
+    assert row['protocol'] == 'full' and row['lpips'] == ''
+  assert 'protocol full' in stem.with_suffix('.txt').read_text()
+
+
+def test_a_training_workdir_evaluates_to_its_own_final_evaluation(
+    sample_data_dir, tmp_path):
+  config = _uec_config('runlocal')
+  config.data.data_dir = sample_data_dir
+  config.data.crop_size = 32
+  config.model_encoder_height = 32
+  config.batch_size = 8  # tests/conftest.py simulates 8 devices.
+  config.num_train_steps = 2
+  config.log_every_steps = config.checkpoint_every_steps = 2
+  config.eval.max_images = 3
+  config.eval.num_grid_images = 0
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  trained = json.loads((workdir / 'eval_step_2.json').read_text())
+
+  # The full-size config: its encoder height (256) differs from the
+  # checkpoint's (32), which wins.
+  other = _uec_config()
+  other.data.data_dir = sample_data_dir
+  other.eval.max_images = 3
+  evaluate.evaluate_checkpoint(other, str(workdir), str(tmp_path / 'eval'))
+  scored = json.loads(
+      (tmp_path / 'eval' / 'eval_multi_exposure-sample_validation.json'
+      ).read_text())
+  assert scored['results'] == trained['results']
+  assert scored['checkpoint_step'] == 2
+
+  other.model = 'recnet'
+  with pytest.raises(ValueError, match="holds a 'uec' checkpoint"):
+    evaluate.load_checkpoint(other, str(workdir))
