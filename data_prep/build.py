@@ -4,8 +4,8 @@ r"""Builds the TFDS datasets (array_record) and opens them for training.
   python -m data_prep.build --dataset=msec --data_dir=DIR --manual_dir=MSEC_DIR
 
 Datasets: multi_exposure/{sample,raw,raw_radiometry,raw_16bit,rendered}, msec,
-sice, lcdp (see data_prep/datasets/). Importing this module registers them
-all with TFDS.
+sice, lcdp, lol/{v1,v2_real,v2_synthetic} (see data_prep/datasets/).
+Importing this module registers them all with TFDS.
 
 Why a build cannot leave a half dataset that looks complete: TFDS writes into
 `<data_dir>/<name>/<config>/incomplete.<random>_<version>/` and renames it to
@@ -32,11 +32,12 @@ import tensorflow_datasets as tfds
 
 # Imported for their side effect: defining a builder registers it with TFDS.
 from data_prep.datasets import lcdp  # pylint: disable=unused-import
+from data_prep.datasets import lol  # pylint: disable=unused-import
 from data_prep.datasets import msec  # pylint: disable=unused-import
 from data_prep.datasets import multi_exposure  # pylint: disable=unused-import
 from data_prep.datasets import sice  # pylint: disable=unused-import
 
-DATASETS = ('multi_exposure', 'msec', 'sice', 'lcdp')
+DATASETS = ('multi_exposure', 'msec', 'sice', 'lcdp', 'lol')
 FILE_FORMAT = 'array_record'
 
 
@@ -76,14 +77,17 @@ def get_builder(name: str, data_dir: str | os.PathLike[str] | None
   base = name.split('/', 1)[0].split(':', 1)[0]
   if base not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; this project builds '
-                     f'{", ".join(DATASETS)} (multi_exposure/<config>).')
+                     f'{", ".join(DATASETS)} (multi_exposure/<config>, '
+                     'lol/<config>).')
   try:
     return tfds.builder(name, data_dir=_expand(data_dir),
                         file_format=FILE_FORMAT)
   except ValueError as e:
     configs = [c.name for c in multi_exposure.MultiExposure.BUILDER_CONFIGS]
-    raise ValueError(f'{name!r}: {e}. multi_exposure configs: '
-                     f'{", ".join(configs)}.') from e
+    raise ValueError(
+        f'{name!r}: {e}. multi_exposure configs: {", ".join(configs)}; lol '
+        f'configs: {", ".join(c.name for c in lol.Lol.BUILDER_CONFIGS)}.'
+    ) from e
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ from expcorr_jax import distributed
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import protocols
+from expcorr_jax import quiet_logs
 from expcorr_jax import tasks
 from expcorr_jax import train
 from expcorr_jax.tasks import contract
@@ -168,6 +169,7 @@ def main(argv: Sequence[str]) -> None:
   for name in ('config', 'checkpoint', 'output_dir'):
     if flags.FLAGS[name].value is None:
       raise app.UsageError(f'--{name} is required.')
+  quiet_logs.install()
   distributed.initialize_from_flags()
   try:
     evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUTPUT_DIR.value,

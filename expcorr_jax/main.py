@@ -11,8 +11,6 @@ cluster detection connects them; elsewhere give each process
 (process 0's host and a free port; see README, "Scaling out").
 """
 
-import logging as python_logging
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -20,6 +18,7 @@ import jax
 from ml_collections import config_flags
 
 from expcorr_jax import distributed
+from expcorr_jax import quiet_logs
 from expcorr_jax import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -30,22 +29,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-# Libraries whose INFO lines drown the training log (every checkpoint write
-# is ~40 lines of orbax): their INFO is dropped, warnings still show.
-_QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/etils/')
-
-
-class _QuietLibraries(python_logging.Filter):
-
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return (record.levelno >= python_logging.WARNING or
-            not any(part in record.pathname for part in _QUIET_LIBRARIES))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_logs.install()
   distributed.initialize_from_flags()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())

@@ -226,3 +226,52 @@ def test_not_prepared_error_names_the_build_command(tmp_path):
   assert str(tmp_path / 'nothing') in message
   assert 'python -m data_prep.build --dataset=msec' in message
   assert '--manual_dir=' in message
+
+
+def _make_lol(root: pathlib.Path) -> None:
+  """All three LOL layouts; LOL-v2 real names its targets 'normal...'."""
+  seed = 100
+  for split, names in (('our485', ('2', '5')), ('eval15', ('1',))):
+    for name in names:
+      for folder in ('low', 'high'):
+        seed += 1
+        write_image(root / split / folder / f'{name}.png', seed)
+  for split, count in (('Train', 2), ('Test', 1)):
+    for i in range(count):
+      seed += 2
+      real = root / 'LOL-v2' / 'Real_captured' / split
+      write_image(real / 'Low' / f'low{i:05d}.png', seed)
+      write_image(real / 'Normal' / f'normal{i:05d}.png', seed + 1)
+      synthetic = root / 'LOL-v2' / 'Synthetic' / split
+      write_image(synthetic / 'Low' / f'r{i:03d}.png', seed)
+      write_image(synthetic / 'Normal' / f'r{i:03d}.png', seed + 1)
+
+
+@pytest.mark.parametrize('config,sizes,first_name,first_target', [
+    ('v1', {'train': 2, 'test': 1}, '2', 'our485/high/2.png'),
+    ('v2_real', {'train': 2, 'test': 1}, 'low00000',
+     'LOL-v2/Real_captured/Train/Normal/normal00000.png'),
+    ('v2_synthetic', {'train': 2, 'test': 1}, 'r000',
+     'LOL-v2/Synthetic/Train/Normal/r000.png'),
+])
+def test_lol_layouts(tmp_path, config, sizes, first_name, first_target):
+  manual = tmp_path / 'manual'
+  _make_lol(manual)
+  data_dir = tmp_path / 'data'
+  build.ensure_prepared(f'lol/{config}', data_dir, manual)
+  for split, size in sizes.items():
+    records = read_split(f'lol/{config}', split, data_dir)
+    assert len(records) == size
+    assert all(text(r['ev_tag']) == 'low' and math.isnan(r['ev'])
+               for r in records)
+  record = {text(r['name']): r for r in read_split(f'lol/{config}', 'train',
+                                                   data_dir)}[first_name]
+  assert record['target'] == (manual / first_target).read_bytes()
+
+
+def test_lol_missing_high_image_is_named(tmp_path):
+  manual = tmp_path / 'manual'
+  _make_lol(manual)
+  (manual / 'our485' / 'high' / '5.png').unlink()
+  with pytest.raises(FileNotFoundError, match=r'our485/high/5\.\*'):
+    build.ensure_prepared('lol/v1', tmp_path / 'data', manual)

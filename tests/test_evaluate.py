@@ -138,3 +138,62 @@ def test_a_training_workdir_evaluates_to_its_own_final_evaluation(
   other.model = 'recnet'
   with pytest.raises(ValueError, match="holds a 'uec' checkpoint"):
     evaluate.load_checkpoint(other, str(workdir))
+
+
+def _triangle_resize(image: np.ndarray, size: int, antialias: bool):
+  """Separable bilinear resize in float64, written out: a triangle filter
+  of half-width max(scale, 1) (antialias) or 1, half-pixel centres, weights
+  normalised where the filter leaves the image."""
+  def along_first_axis(x):
+    n = x.shape[0]
+    scale = n / size
+    support = max(scale, 1.0) if antialias else 1.0
+    rows = []
+    for i in range(size):
+      centre = (i + 0.5) * scale
+      taps = np.arange(int(np.floor(centre - support)),
+                       int(np.ceil(centre + support)) + 1)
+      weights = np.maximum(0.0, 1 - np.abs((taps + 0.5 - centre) / support))
+      inside = (taps >= 0) & (taps < n)
+      taps, weights = taps[inside], weights[inside]
+      rows.append(np.tensordot(weights, x[taps], axes=1) / weights.sum())
+    return np.stack(rows)
+  once = along_first_axis(np.asarray(image, np.float64))
+  return np.swapaxes(along_first_axis(np.swapaxes(once, 0, 1)), 0, 1)
+
+
+@pytest.mark.parametrize('name,antialias', [('uec256', True),
+                                            ('uec256_aliased', False)])
+def test_uec256_resizes_floats_and_truncates(golden, shared_fixture, name,
+                                             antialias):
+  from expcorr_jax.tasks import uec as uec_task  # pylint: disable=g-import-not-at-top
+  protocol = uec_task.TASK.protocols[name]
+  pair = input_pipeline.EvalPair(name='x_P1.5', ev_tag='P1.5',
+                                 input=golden['input_0'],
+                                 target=golden['input_1'])
+  reference = pixels.to_float(golden['reference'])
+  prepared = protocol.prepare(pair, reference)
+  expected = _triangle_resize(pixels.to_float(golden['input_0']), 256,
+                              antialias)
+  assert np.max(np.abs(prepared.model_input - expected)) <= 1e-5
+  assert np.max(np.abs(prepared.reference - _triangle_resize(
+      reference, 256, antialias))) <= 1e-5
+  # The target, rounded after the resize: float32 against float64 can fall
+  # on either side of a half code (e.g. the mean of 103 and 104).
+  target_difference = np.abs(prepared.target.astype(int) - pixels.to_uint8(
+      _triangle_resize(pixels.to_float(golden['input_1']), 256, antialias)))
+  assert target_difference.max() <= 1 and target_difference.mean() < 0.01
+  # The two resizes differ (so each test checks its own).
+  other = _triangle_resize(pixels.to_float(golden['input_0']), 256,
+                           not antialias)
+  assert np.max(np.abs(prepared.model_input - other)) > 1e-3
+
+  config = _uec_config()
+  task, model, params, _ = evaluate.load_checkpoint(
+      config, str(shared_fixture('uec/exposure-errors.pth')))
+  correct_pair = evaluation.pair_corrector(task, model, params, reference)
+  _, output, _ = correct_pair(pair, protocol)
+  _, unrounded, _ = correct_pair(pair, dataclasses.replace(
+      protocol, quantise=np.asarray))
+  np.testing.assert_array_equal(output, np.floor(unrounded * 255))
+  assert np.any(np.round(unrounded * 255) != output)  # Truncated, not rounded.

@@ -191,7 +191,9 @@ def test_a_user_method_is_named_in_lookup_errors(colour_matrix):
 _SHARED_MODULES = ('main.py', 'train.py', 'evaluation.py', 'inference.py',
                    'correct.py', 'protocols.py', 'input_pipeline.py',
                    'checkpointing.py', 'summary_writer.py', 'pixels.py',
-                   'config_args.py', 'tasks/__init__.py', 'tasks/contract.py')
+                   'config_args.py', 'distributed.py', 'evaluate.py',
+                   'quiet_logs.py',
+                   'tasks/__init__.py', 'tasks/contract.py')
 _ALLOWED_TASK_IMPORTS = ('expcorr_jax.tasks', 'expcorr_jax.tasks.contract')
 
 

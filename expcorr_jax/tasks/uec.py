@@ -17,12 +17,14 @@ target are what a regulariser (ERL, `config.regulariser`) compares.
 Correction: three passes towards a reference image (the official inference).
 Evaluation corrects every validation frame towards one fixed reference
 (`config.eval.reference`, by default a well-exposed frame of the embedded
-sample) under the shared 'full' protocol and UEC's own 'uec256' (the official
-one: input, reference and target resized to 256x256, aspect ignored, output
-TRUNCATED to uint8, as the official code does).
+sample) under the shared 'full' protocol and UEC's own 'uec256' and
+'uec256_aliased' (the official test: input, reference and target converted
+to float and resized to 256x256, aspect ignored, with or without
+antialiasing; output TRUNCATED to uint8, as the official code does).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import grain
@@ -30,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
@@ -170,26 +171,61 @@ def correct(model: uec.UEC, params: Any, images: jax.Array,
                      method=uec.UEC.multi_pass)
 
 
-def _resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-  return np.asarray(Image.fromarray(pixels.to_uint8(image)).resize(
-      (size, size), Image.BILINEAR))
+_UEC256_SIZE = 256
 
 
-def _prepare_uec256(pair: input_pipeline.EvalPair,
-                    reference: np.ndarray) -> contract.PreparedPair:
-  image_in = _resize_uint8(pair.input, 256)
-  return contract.PreparedPair(
-      model_input=pixels.to_float(image_in),
-      reference=pixels.to_float(_resize_uint8(reference, 256)),
-      shown_input=image_in, target=_resize_uint8(pair.target, 256))
+@functools.partial(jax.jit, static_argnames='antialias')
+def _resize_256(image: jax.Array, antialias: bool) -> jax.Array:
+  return jax.image.resize(image, (_UEC256_SIZE, _UEC256_SIZE, 3), 'linear',
+                          antialias=antialias)
 
 
-UEC256 = contract.Protocol(
-    name='uec256', prepare=_prepare_uec256,
-    quantise=lambda output: pixels.to_uint8(output, truncate=True),
-    ssim_color='rgb', lpips=False,
-    description=('the official UEC test: 256x256 (aspect ignored), output '
-                 'truncated to uint8'))
+def float_resize_256(image: np.ndarray, antialias: bool) -> np.ndarray:
+  """The official test transform: to float (`ToTensor`), then a bilinear
+  resize of the float image to 256x256, aspect ignored (`Resize`).
+
+  `antialias`: the triangle filter widened by the downscale factor (PIL's
+  and torchvision >= 0.17's default for tensors), or plain two-tap bilinear
+  (torchvision before 0.17); half-pixel centres either way.
+  """
+  return np.asarray(_resize_256(pixels.to_float(image), antialias))
+
+
+def _uec256_protocol(name: str, antialias: bool,
+                     description: str) -> contract.Protocol:
+  """The official UEC test: input, reference and target resized to 256x256.
+
+  Input and reference reach the network as resized floats (never
+  re-quantised); the target is resized the same way, then rounded to uint8
+  (the scored target; the official code's exact target handling is not
+  known); the output is TRUNCATED to uint8, as the official test saves it.
+  """
+  def prepare(pair: input_pipeline.EvalPair,
+              reference: np.ndarray) -> contract.PreparedPair:
+    model_input = float_resize_256(pair.input, antialias)
+    return contract.PreparedPair(
+        model_input=model_input,
+        reference=float_resize_256(reference, antialias),
+        shown_input=pixels.to_uint8(model_input),
+        target=pixels.to_uint8(float_resize_256(pair.target, antialias)))
+
+  return contract.Protocol(
+      name=name, prepare=prepare,
+      quantise=lambda output: pixels.to_uint8(output, truncate=True),
+      ssim_color='rgb', lpips=False, description=description)
+
+
+# Which resize the authors ran is not known: torchvision 0.17 (January 2024)
+# made tensor resizing antialiased by default, and the code was published in
+# May 2024. Both are offered.
+UEC256 = _uec256_protocol(
+    'uec256', antialias=True,
+    description=('the official UEC test with current torchvision: float '
+                 'images resized (antialiased) to 256x256, output truncated'))
+UEC256_ALIASED = _uec256_protocol(
+    'uec256_aliased', antialias=False,
+    description=('the official UEC test with torchvision < 0.17: float images '
+                 'resized (no antialiasing) to 256x256, output truncated'))
 
 # The encoder's first conv (7x7, stride 2, padding 1) needs 5 columns.
 _MIN_ENCODER_WIDTH = 5
@@ -214,7 +250,7 @@ TASK = contract.Task(
     make_train_loader=make_train_loader,
     correct=correct,
     needs_reference=True,
-    protocols={UEC256.name: UEC256},
+    protocols={UEC256.name: UEC256, UEC256_ALIASED.name: UEC256_ALIASED},
     validate_config=validate_config,
     inference=contract.InferenceHooks(
         module_type=uec.UEC,
