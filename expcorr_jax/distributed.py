@@ -35,13 +35,22 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None,
-    'Multi-process runs without a detected cluster: HOST:PORT of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Multi-process runs: the number of processes.')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'Multi-process runs: this process, 0..N-1.')
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines --coordinator_address, --num_processes and --process_id.
+
+  Called by the CLIs that start jobs (not at import, so importing this
+  module defines no global flags).
+  """
+  flags.DEFINE_string(
+      'coordinator_address', None,
+      'Multi-process runs without a detected cluster: HOST:PORT of process 0.',
+      flag_values=flag_values)
+  flags.DEFINE_integer('num_processes', None,
+                       'Multi-process runs: the number of processes.',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('process_id', None,
+                       'Multi-process runs: this process, 0..N-1.',
+                       flag_values=flag_values)
 
 
 def _detected_cluster() -> tuple[str, int] | None:
@@ -112,11 +121,12 @@ def initialize(coordinator_address: str | None = None,
   return True
 
 
-def initialize_from_flags() -> bool:
-  """`initialize` with this module's flags, for an absl program's main."""
+def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS
+                          ) -> bool:
+  """`initialize` with the flags of `define_flags`, for a CLI's main."""
   try:
-    return initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                      _PROCESS_ID.value)
+    return initialize(flag_values.coordinator_address,
+                      flag_values.num_processes, flag_values.process_id)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
 

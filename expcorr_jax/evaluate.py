@@ -49,17 +49,22 @@ from expcorr_jax import tasks
 from expcorr_jax import train
 from expcorr_jax.tasks import contract
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'The method\'s config file (data, reference, protocols), '
-    'e.g. configs/uec.py.', lock_config=True)
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'A training workdir, its checkpoints/ folder, a step '
-    'folder, or an official .pth.')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
-                                  'Where the report, CSV and images go.')
-_SAVE_IMAGES = flags.DEFINE_bool('save_images', False,
-                                 'Write every scored output as a PNG.')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The CLI's flags (defined when run, so importing defines none)."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'The method\'s config file (data, reference, '
+      'protocols), e.g. configs/uec.py.', flag_values=flag_values,
+      lock_config=True)
+  flags.DEFINE_string('checkpoint', None, 'A training workdir, its '
+                      'checkpoints/ folder, a step folder, or an official '
+                      '.pth.', flag_values=flag_values)
+  flags.DEFINE_string('output_dir', None, 'Where the report, CSV and images '
+                      'go.', flag_values=flag_values)
+  flags.DEFINE_bool('save_images', False, 'Write every scored output as a '
+                    'PNG.', flag_values=flag_values)
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.',
+                    flag_values=flag_values)
+  distributed.define_flags(flag_values)
 
 
 def load_checkpoint(config: ml_collections.ConfigDict, path: str
@@ -166,18 +171,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  fv = flags.FLAGS
   for name in ('config', 'checkpoint', 'output_dir'):
-    if flags.FLAGS[name].value is None:
+    if fv[name].value is None:
       raise app.UsageError(f'--{name} is required.')
   quiet_logs.install()
-  distributed.initialize_from_flags()
+  distributed.initialize_from_flags(fv)
   try:
-    evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUTPUT_DIR.value,
-                        save_images=_SAVE_IMAGES.value,
-                        progress=_PROGRESS.value)
+    evaluate_checkpoint(fv.config, fv.checkpoint, fv.output_dir,
+                        save_images=fv.save_images, progress=fv.progress)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -26,6 +26,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training config file, e.g. configs/uec.py[:runlocal].',
     lock_config=True)
+distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
