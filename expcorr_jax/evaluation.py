@@ -29,7 +29,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +145,71 @@ def compiled_corrections() -> list[Callable]:
   return list(_CORRECTIONS)
 
 
+class PairCorrector:
+  """(pair, protocol) -> uint8 (input, output, target), one pair or many.
+
+  `correct_many` groups the pairs whose prepared images share a size and
+  runs each group in batches of one image per local device (the batch is
+  split over the devices). A short batch is padded with copies of its last
+  image, so every call for a size has one shape and each distinct size
+  compiles once per protocol; on one device a batch is one image.
+  """
+
+  def __init__(self, task: contract.Task, model: Any, params: Any,
+               reference: np.ndarray | None = None):
+    """See `pair_corrector`."""
+    devices = jax.local_devices()
+    mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
+    self._batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        'data'))
+    self._replicated = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+    self._params = jax.device_put(params, self._replicated)
+    self._correct = _jitted_correction(task, model)
+    self._reference = reference
+    self.batch_size = len(devices)
+
+  def __call__(self, pair: input_pipeline.EvalPair, protocol: contract.Protocol
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return self.correct_many([pair], protocol)[0]
+
+  def correct_many(self, pairs: Sequence[input_pipeline.EvalPair],
+                   protocol: contract.Protocol
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`self(pair, protocol)` of each pair, batched by size."""
+    prepared = [protocol.prepare(pair, self._reference) for pair in pairs]
+    groups = collections.defaultdict(list)
+    for index, item in enumerate(prepared):
+      reference_shape = (None if item.reference is None
+                         else item.reference.shape)
+      groups[item.model_input.shape, reference_shape].append(index)
+    outputs = [None] * len(prepared)
+    for indices in groups.values():
+      for start in range(0, len(indices), self.batch_size):
+        chunk = indices[start:start + self.batch_size]
+        padded = chunk + chunk[-1:] * (self.batch_size - len(chunk))
+        images = np.stack([prepared[i].model_input for i in padded])
+        corrected = np.asarray(self._correct(
+            self._params, jax.device_put(images, self._batch),
+            self._references([prepared[i] for i in padded])))
+        for position, index in enumerate(chunk):
+          outputs[index] = corrected[position]
+    return [(item.shown_input, protocol.quantise(output), item.target)
+            for item, output in zip(prepared, outputs)]
+
+  def _references(self, prepared: Sequence[contract.PreparedPair]):
+    """None, one reference for the batch (1HWC), or one per image (NHWC)."""
+    first = prepared[0].reference
+    if first is None:
+      return None
+    if all(np.array_equal(item.reference, first) for item in prepared[1:]):
+      return jax.device_put(first[None], self._replicated)
+    return jax.device_put(np.stack([item.reference for item in prepared]),
+                          self._batch)
+
+
 def pair_corrector(task: contract.Task, model: Any, params: Any,
-                   reference: np.ndarray | None = None
-                   ) -> Callable[[input_pipeline.EvalPair, contract.Protocol],
-                                 tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                   reference: np.ndarray | None = None) -> PairCorrector:
   """(pair, protocol) -> uint8 (input, output, target) for `evaluate`.
 
   Args:
@@ -158,16 +219,7 @@ def pair_corrector(task: contract.Task, model: Any, params: Any,
       `task.correction_params`).
     reference: float32 HxWx3 for methods that take one, else None.
   """
-  correct = _jitted_correction(task, model)
-
-  def correct_pair(pair, protocol):
-    prepared = protocol.prepare(pair, reference)
-    ref = None if prepared.reference is None else prepared.reference[None]
-    output = correct(params, prepared.model_input[None], ref)[0]
-    return (prepared.shown_input, protocol.quantise(np.asarray(output)),
-            prepared.target)
-
-  return correct_pair
+  return PairCorrector(task, model, params, reference)
 
 
 # Per-pair scores, in this order wherever they are packed into an array.
@@ -205,28 +257,62 @@ def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
   protocols = list(protocols)
   with_lpips = _lpips_per_protocol(protocols, lpips)
   rows, grid_rows = [], []
-  for pair in pairs:
-    scores = {}
-    for protocol in protocols:
-      image_in, output, target = correct(pair, protocol)
-      color = protocol.ssim_color
-      values = {'psnr': psnr(output, target),
-                'ssim': ssim(output, target, color),
-                'identity_psnr': psnr(image_in, target),
-                'identity_ssim': ssim(image_in, target, color)}
-      if with_lpips[protocol.name]:
-        distances = _lpips_metric()(np.stack([output, image_in]),
-                                    np.stack([target, target]))
-        values['lpips'] = float(distances[0])
-        values['identity_lpips'] = float(distances[1])
-      scores[protocol.name] = values
-      if protocol is protocols[0] and len(grid_rows) < num_grid_images:
-        row = [image_in, output, target]
-        if grid_reference is not None:
-          row.append(grid_reference)
-        grid_rows.append(row)
-    rows.append(PairScores(pair.name, pair.ev_tag, scores))
+  for chunk in _chunks(pairs, correct):
+    corrected = {protocol.name: _correct_chunk(correct, chunk, protocol)
+                 for protocol in protocols}
+    for position, pair in enumerate(chunk):
+      rows.append(PairScores(pair.name, pair.ev_tag, {}))
+      for protocol in protocols:
+        image_in, output, target = corrected[protocol.name][position]
+        rows[-1].scores[protocol.name] = _scores(
+            image_in, output, target, protocol.ssim_color,
+            with_lpips[protocol.name])
+        if protocol is protocols[0] and len(grid_rows) < num_grid_images:
+          row = [image_in, output, target]
+          if grid_reference is not None:
+            row.append(grid_reference)
+          grid_rows.append(row)
   return rows, grid_rows
+
+
+# Pairs read ahead per local device, so batches of one size can form.
+_PAIRS_PER_DEVICE = 4
+
+
+def _chunks(pairs: Iterable[input_pipeline.EvalPair], correct
+            ) -> Iterator[list[input_pipeline.EvalPair]]:
+  """The pairs in consecutive lists, long enough to batch over devices."""
+  size = _PAIRS_PER_DEVICE * getattr(correct, 'batch_size', 1)
+  chunk = []
+  for pair in pairs:
+    chunk.append(pair)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def _correct_chunk(correct, chunk, protocol):
+  """`correct` on each pair of `chunk`; batched where it can (PairCorrector)."""
+  if isinstance(correct, PairCorrector):
+    return correct.correct_many(chunk, protocol)
+  return [correct(pair, protocol) for pair in chunk]
+
+
+def _scores(image_in: np.ndarray, output: np.ndarray, target: np.ndarray,
+            color: str, with_lpips: bool) -> dict[str, float]:
+  """The `PAIR_METRICS` of one corrected pair (LPIPS only if asked)."""
+  values = {'psnr': psnr(output, target),
+            'ssim': ssim(output, target, color),
+            'identity_psnr': psnr(image_in, target),
+            'identity_ssim': ssim(image_in, target, color)}
+  if with_lpips:
+    distances = _lpips_metric()(np.stack([output, image_in]),
+                                np.stack([target, target]))
+    values['lpips'] = float(distances[0])
+    values['identity_lpips'] = float(distances[1])
+  return values
 
 
 def summarise(rows: Sequence[PairScores],

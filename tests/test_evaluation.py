@@ -225,3 +225,36 @@ def test_uec_report_keeps_its_layout(tmp_path):
       (FULL,))
   evaluation.write_report(report, str(path))
   assert json.loads(path.read_text())['results']['full']['all']['psnr'] == 'inf'
+
+
+def test_images_of_three_sizes_compile_three_programs_and_batch_alike():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from expcorr_jax.models import uec  # pylint: disable=g-import-not-at-top
+  model = uec.UEC(encoder_height=24)
+  params = uec_task.init_params(model, jax.random.key(0))
+  rng = np.random.default_rng(3)
+  sizes = [(41, 53), (37, 61), (41, 53), (45, 39), (37, 61), (41, 53)]
+  pairs = [input_pipeline.EvalPair(
+      name=f'p{i}', ev_tag='N1',
+      input=rng.integers(0, 256, size + (3,), dtype=np.uint8),
+      target=rng.integers(0, 256, size + (3,), dtype=np.uint8))
+           for i, size in enumerate(sizes)]
+  reference = rng.random((32, 32, 3), dtype=np.float32)
+  correct = evaluation.pair_corrector(uec_task.TASK, model, params, reference)
+  assert correct.batch_size == jax.local_device_count() == 8
+  jitted = evaluation._jitted_correction(uec_task.TASK, model)  # pylint: disable=protected-access
+  before = jitted._cache_size()  # pylint: disable=protected-access
+  report, _ = evaluation.evaluate(pairs, correct, [FULL])
+  assert report['full']['all']['count'] == 6
+  assert jitted._cache_size() - before == 3  # pylint: disable=protected-access
+
+  # Batched with other images of its size, each output is the one the
+  # network gives the image alone.
+  unrounded = dataclasses.replace(FULL, quantise=np.asarray)
+  batched = correct.correct_many(pairs, unrounded)
+  alone = jax.jit(lambda p, x, r: uec_task.correct(model, p, x, r))
+  for pair, (_, output, _) in zip(pairs, batched):
+    expected = alone(params, pixels.to_float(pair.input)[None],
+                     reference[None])[0]
+    np.testing.assert_allclose(output, np.asarray(expected), atol=1e-6)
