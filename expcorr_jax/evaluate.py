@@ -38,7 +38,6 @@ import ml_collections
 from ml_collections import config_flags
 
 from data_prep import build
-from data_prep import image_codec
 from expcorr_jax import checkpointing
 from expcorr_jax import distributed
 from expcorr_jax import evaluation
@@ -118,17 +117,6 @@ def _with_saved_model_settings(config: ml_collections.ConfigDict,
   return config
 
 
-def _saving_images(correct_pair, output_dir: str):
-  """`correct_pair` that also writes each output to images/<protocol>/."""
-  def correct_and_save(pair, protocol):
-    image_in, output, target = correct_pair(pair, protocol)
-    folder = os.path.join(output_dir, 'images', protocol.name)
-    os.makedirs(folder, exist_ok=True)
-    image_codec.write_png(os.path.join(folder, f'{pair.name}.png'), output)
-    return image_in, output, target
-  return correct_and_save
-
-
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
                         output_dir: str, *, save_images: bool = False,
                         progress: bool = False) -> dict:
@@ -145,10 +133,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
                                    config.data.name)
   reference = (evaluation.load_reference(config) if task.needs_reference
                else None)
-  params = jax.device_put(params, jax.local_devices()[0])
-  correct_pair = evaluation.pair_corrector(task, model, params, reference)
-  if save_images:
-    correct_pair = _saving_images(correct_pair, output_dir)
+  correct_pair = evaluation.pair_corrector(
+      task, model, params, reference,
+      save_dir=os.path.join(output_dir, 'images') if save_images else None)
   report, _, rows = evaluation.evaluate_source(
       source, correct_pair, chosen, limit=config.eval.max_images,
       progress=progress)

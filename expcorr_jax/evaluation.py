@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from data_prep import image_codec
 from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
@@ -156,7 +157,8 @@ class PairCorrector:
   """
 
   def __init__(self, task: contract.Task, model: Any, params: Any,
-               reference: np.ndarray | None = None):
+               reference: np.ndarray | None = None,
+               save_dir: str | None = None):
     """See `pair_corrector`."""
     devices = jax.local_devices()
     mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
@@ -167,6 +169,7 @@ class PairCorrector:
     self._params = jax.device_put(params, self._replicated)
     self._correct = _jitted_correction(task, model)
     self._reference = reference
+    self._save_dir = save_dir
     self.batch_size = len(devices)
 
   def __call__(self, pair: input_pipeline.EvalPair, protocol: contract.Protocol
@@ -194,8 +197,14 @@ class PairCorrector:
             self._references([prepared[i] for i in padded])))
         for position, index in enumerate(chunk):
           outputs[index] = corrected[position]
-    return [(item.shown_input, protocol.quantise(output), item.target)
-            for item, output in zip(prepared, outputs)]
+    results = [(item.shown_input, protocol.quantise(output), item.target)
+               for item, output in zip(prepared, outputs)]
+    if self._save_dir is not None:
+      folder = os.path.join(self._save_dir, protocol.name)
+      os.makedirs(folder, exist_ok=True)
+      for pair, (_, output, _) in zip(pairs, results):
+        image_codec.write_png(os.path.join(folder, f'{pair.name}.png'), output)
+    return results
 
   def _references(self, prepared: Sequence[contract.PreparedPair]):
     """None, one reference for the batch (1HWC), or one per image (NHWC)."""
@@ -209,7 +218,8 @@ class PairCorrector:
 
 
 def pair_corrector(task: contract.Task, model: Any, params: Any,
-                   reference: np.ndarray | None = None) -> PairCorrector:
+                   reference: np.ndarray | None = None,
+                   save_dir: str | None = None) -> PairCorrector:
   """(pair, protocol) -> uint8 (input, output, target) for `evaluate`.
 
   Args:
@@ -218,8 +228,10 @@ def pair_corrector(task: contract.Task, model: Any, params: Any,
     params: the params `task.correct` runs with (for ERL stage 2 those of
       `task.correction_params`).
     reference: float32 HxWx3 for methods that take one, else None.
+    save_dir: if set, every scored output is also written to
+      `<save_dir>/<protocol>/<pair name>.png`.
   """
-  return PairCorrector(task, model, params, reference)
+  return PairCorrector(task, model, params, reference, save_dir)
 
 
 # Per-pair scores, in this order wherever they are packed into an array.

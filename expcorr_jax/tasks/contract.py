@@ -21,7 +21,9 @@ Types used throughout:
 - batch: the dict of arrays the train loader yields, its integer images
   converted to float32 in [0, 1] on the device (`pixels.to_float`) before
   `loss_fn` sees them.
-- images: NHWC float32 in [0, 1]; a reference is 1HWC float32 in [0, 1].
+- images: NHWC float32 in [0, 1]; a reference is float32 in [0, 1], 1HWC
+  (one for the whole batch) or NHWC (one per image: evaluation batches
+  images of one size whose protocol gave them different references).
 
 Evaluation: each name in `config.eval.protocols` is one of the method's own
 `Task.protocols` or a shared protocol (`expcorr_jax.protocols`: 'full',
