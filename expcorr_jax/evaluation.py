@@ -131,6 +131,10 @@ def load_reference(config) -> np.ndarray:
   return pixels.to_float(image)
 
 
+# (pair, protocol) -> uint8 (shown input, output, target): what is scored.
+CorrectPair = Callable[[input_pipeline.EvalPair, contract.Protocol],
+                       tuple[np.ndarray, np.ndarray, np.ndarray]]
+
 _CORRECTIONS: list[Callable] = []  # Every jitted correction made so far.
 
 
@@ -252,8 +256,7 @@ def _lpips_per_protocol(protocols: Sequence[contract.Protocol],
 
 
 def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
-                correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
-                                  tuple[np.ndarray, np.ndarray, np.ndarray]],
+                correct: CorrectPair,
                 protocols: Sequence[contract.Protocol], *,
                 num_grid_images: int = 0,
                 grid_reference: np.ndarray | None = None,
@@ -363,8 +366,7 @@ def summarise(rows: Sequence[PairScores],
 
 
 def evaluate(pairs: Iterable[input_pipeline.EvalPair],
-             correct: Callable[[input_pipeline.EvalPair, contract.Protocol],
-                               tuple[np.ndarray, np.ndarray, np.ndarray]],
+             correct: CorrectPair,
              protocols: Sequence[contract.Protocol], *,
              num_grid_images: int = 0,
              grid_reference: np.ndarray | None = None,
@@ -396,7 +398,7 @@ def evaluate(pairs: Iterable[input_pipeline.EvalPair],
   return summarise(rows, protocols, lpips=lpips), grid_rows
 
 
-def evaluate_source(pairs_source, correct,
+def evaluate_source(pairs_source, correct: CorrectPair,
                     protocols: Sequence[contract.Protocol], *,
                     limit: int | None = None, num_grid_images: int = 0,
                     grid_reference: np.ndarray | None = None,
