@@ -225,3 +225,19 @@ def test_params_must_fit_the_model():
   assert '(95, 8) (expected (96, 8))' in str(error.value)
   with pytest.raises(ValueError, match='does not support Dense models'):
     inference.Corrector(nn.Dense(3), {})
+
+
+def test_non_finite_weights_are_refused_by_name(workdir, tmp_path):
+  params = jax.tree.map(np.array, random_uec_params())  # Writable copies.
+  params['predictor']['fc4']['bias'][0] = np.nan
+  with pytest.raises(ValueError, match=r"NaN or infinite weights at "
+                     r"\['predictor'\]\['fc4'\]\['bias'\]"):
+    inference.Corrector(uec.UEC(), params)
+  # Through a checkpoint too, as the correct CLI loads it.
+  params['predictor']['fc4']['bias'][0] = np.inf
+  broken = tmp_path / 'diverged'
+  checkpoint_writer.write_params_checkpoint(
+      broken, params, {'model': 'uec', 'model_encoder_height': ENCODER_HEIGHT},
+      step=5)
+  with pytest.raises(ValueError, match='NaN or infinite weights'):
+    inference.Corrector.from_checkpoint(broken)

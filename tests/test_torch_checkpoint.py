@@ -205,3 +205,23 @@ def test_other_global_opcodes_are_refused(tmp_path, variant):
   with pytest.raises(UnsafeCheckpointError, match='refusing to load'):
     unpickling.load_state_dict(path)
   assert not marker.exists()
+
+
+def test_expanding_a_small_storage_past_the_cap_is_refused(tmp_path):
+  # torch.save({'w': torch.ones(1).expand(50000, 50000)}): one stored
+  # element, stride 0, 10 GB if materialised.
+  items = [('w', pth_writer.tensor('0', np.float32, 1, 0, (50000, 50000),
+                                   (0, 0)))]
+  path = pth_writer.write_zip(
+      tmp_path / 'bomb.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
+      {'0': np.ones(1, np.float32).tobytes()})
+  with pytest.raises(UnsafeCheckpointError,
+                     match=r'expand its 1-element storage to 2500000000'):
+    unpickling.load_state_dict(path)
+  # A small expansion (torch.ones(1).expand(3)) still loads.
+  items = [('w', pth_writer.tensor('0', np.float32, 1, 0, (3,), (0,)))]
+  path = pth_writer.write_zip(
+      tmp_path / 'small.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
+      {'0': np.full(1, 2.0, np.float32).tobytes()})
+  np.testing.assert_array_equal(unpickling.load_state_dict(path)['w'],
+                                [2.0, 2.0, 2.0])

@@ -30,6 +30,7 @@ import collections
 from collections.abc import Callable
 import functools
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -86,6 +87,11 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 
 # torch storage class name -> numpy dtype of its elements.
+# A tensor may repeat its storage's elements (a stride-0 broadcast view, as
+# `torch.save` keeps an expanded tensor) up to this many bytes; a larger
+# expansion of a small storage is refused before it is allocated.
+_MAX_EXPANDED_TENSOR_BYTES = 1 << 28
+
 _STORAGE_DTYPES = {
     'DoubleStorage': np.dtype(np.float64),
     'FloatStorage': np.dtype(np.float32),
@@ -155,6 +161,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
     raise CheckpointFormatError(
         f'storage {storage.key}: a tensor of size {shape}, stride {strides}, '
         f'offset {offset} reads element {last} of a storage of {flat.size}')
+  count = math.prod(shape)
+  if (count > flat.size and
+      count * flat.itemsize > _MAX_EXPANDED_TENSOR_BYTES):
+    raise UnsafeCheckpointError(
+        f'storage {storage.key}: a tensor of size {shape}, stride {strides} '
+        f'would expand its {flat.size}-element storage to {count} elements '
+        f'({count * flat.itemsize} bytes); refusing it, since an untrusted '
+        'checkpoint must not be able to exhaust memory')
   view = np.lib.stride_tricks.as_strided(
       flat[offset:], shape=shape,
       strides=tuple(s * flat.itemsize for s in strides), writeable=False)
