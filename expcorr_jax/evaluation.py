@@ -438,13 +438,18 @@ def evaluate_source(pairs_source, correct: CorrectPair,
   with_lpips = _lpips_per_protocol(protocols, lpips)
   metrics = {protocol.name: PAIR_METRICS if with_lpips[protocol.name]
              else PAIR_METRICS[:4] for protocol in protocols}
+  # This process's pairs were read already; only the others' labels are
+  # read again (names and tags only, no decoding).
+  labels = {index: (row.name, row.ev_tag)
+            for index, row in zip(own, local_rows)}
   rows = []
   for index in range(count):
     scores = {protocol.name: {
         metric: float(packed[index, p, PAIR_METRICS.index(metric)])
         for metric in metrics[protocol.name]}
               for p, protocol in enumerate(protocols)}
-    name, tag = input_pipeline.eval_pair_label(pairs_source, index)
+    name, tag = (labels[index] if index in labels else
+                 input_pipeline.eval_pair_label(pairs_source, index))
     rows.append(PairScores(name, tag, scores))
   return summarise(rows, protocols, lpips=lpips), grid_rows, rows
 
