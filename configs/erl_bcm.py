@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.model = 'erl_bcm'
+  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
+  config.regulariser = None
   config.seed = 0
 
   config.erl = ml_collections.ConfigDict()
@@ -61,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
+  # pairs; UEC's radiometry table uses -3 (see README).
+  config.data.target_ev = 0.0
   config.data.normal_ev = 0.0
   config.data.crop_size = 256
   config.data.flip = True
@@ -73,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 1e-4
   config.optimizer.b1 = 0.9  # The paper's betas.
   config.optimizer.b2 = 0.99
+  # MultiStepLR steps (the rate times decay_factor at each); none here.
+  config.optimizer.decay_steps = ()
+  config.optimizer.decay_factor = 1.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.pretext = 'phase'  # Or 'l1' (the paper's Table 2 ablation).

@@ -52,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False, erl=False)
   config = ml_collections.ConfigDict()
   config.model = 'recnet'
+  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
+  config.regulariser = None
   config.model_nc = 8  # Feature width.
   config.model_num_blocks = 5  # Dual blocks.
   config.model_num_heads = 2  # Channel-attention heads; must divide nc.
@@ -65,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
+  # pairs; UEC's radiometry table uses -3 (see README).
+  config.data.target_ev = 0.0
   config.data.crop_size = 384
   config.data.flip = True
   # One random RGB order per pair, the same for input and target. Not in the

@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False, erl=False)
   config = ml_collections.ConfigDict()
   config.model = 'uec'
+  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
+  config.regulariser = None
   # The exposure encoder sees inputs resized to this height (official: 256).
   config.model_encoder_height = 256
   config.seed = 0
@@ -52,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
+  # pairs; UEC's radiometry table uses -3 (see README).
+  config.data.target_ev = 0.0
   config.data.crop_size = 448
   config.data.flip = True
   config.data.worker_count = 2
@@ -63,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 1e-4
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
+  # MultiStepLR steps (the rate times decay_factor at each); none here.
+  config.optimizer.decay_steps = ()
+  config.optimizer.decay_factor = 1.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.num_passes = 3

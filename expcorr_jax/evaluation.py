@@ -1,15 +1,15 @@
 """Evaluation metrics and reports: PSNR/SSIM/LPIPS per EV tag and group.
 
 Metrics are computed on uint8 RGB images, as the papers report them:
-- PSNR on RGB [0, 255].
-- SSIM with an 11x11 Gaussian window (sigma 1.5), 'valid' windows only
-  (MATLAB / cv2.filter2D + [5:-5] crop style, which the RECNet and FECNet
-  evaluation code use), on the three RGB channels by default, or on the
-  grayscale image (BT.601 luma rounded to integers) where the protocol says so.
-  SSIM variants differ by up to ~0.01, so every report names the one each
-  protocol used.
+- PSNR on RGB [0, 255] and SSIM (11x11 Gaussian, 'valid' windows, on RGB or
+  on the BT.601 luma as the protocol says): `metrics/image_quality.py`;
+  every report names the SSIM variant each protocol used.
 - LPIPS (VGG, v0.1 linear weights; see `metrics/lpips.py`) where the protocol
   asks.
+- A protocol's own metrics (`Protocol.extra_metrics`, e.g. the edge metrics
+  of `metrics/edges.py`), and, for a protocol with several ground truths
+  (`Protocol.target_names`, e.g. MSEC's five experts), PSNR and SSIM as
+  means over them plus each one's own.
 
 What each protocol feeds the model and measures is its `Protocol`
 (`tasks/contract.py`; shared ones in `protocols.py`, a method's own in its
@@ -24,60 +24,22 @@ the (pair, protocol) -> uint8 (input, output, target) function that
 """
 
 import collections
-import csv
 import functools
-import json
-import math
 import os
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import tqdm
 
 from data_prep import image_codec
 from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
-from expcorr_jax.metrics import ssim as ssim_lib
+from expcorr_jax.metrics import image_quality
 from expcorr_jax.tasks import contract
 
-SSIM_VARIANTS = {
-    'rgb': 'gaussian11_sigma1.5_rgb_valid',
-    'gray': 'gaussian11_sigma1.5_gray-bt601-rounded_valid',
-}
-SSIM_VARIANT = SSIM_VARIANTS['rgb']  # The default.
 GROUPS = ('under', 'over')
-
-
-def psnr(output: np.ndarray, target: np.ndarray) -> float:
-  """PSNR in dB of two uint8 images (inf when identical)."""
-  mse = np.mean((output.astype(np.float64) - target.astype(np.float64))**2)
-  return float('inf') if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-  """uint8 RGB -> uint8 luma, round(0.299 R + 0.587 G + 0.114 B) (BT.601)."""
-  luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-  return np.clip(np.round(luma), 0, 255).astype(np.uint8)
-
-
-@jax.jit
-def _ssim_uint8(output, target):
-  return ssim_lib.ssim(output.astype(jnp.float32), target.astype(jnp.float32),
-                       max_val=255.0, padding='valid')
-
-
-def ssim(output: np.ndarray, target: np.ndarray, color: str = 'rgb') -> float:
-  """SSIM of two uint8 RGB images; `color` 'rgb' or 'gray' (see module)."""
-  if color == 'gray':
-    output, target = to_gray(output), to_gray(target)
-  elif color != 'rgb':
-    raise ValueError(f"color must be 'rgb' or 'gray', got {color!r}")
-  with jax.default_matmul_precision('highest'):
-    return float(_ssim_uint8(output, target))
 
 
 def exposure_group(tag: str) -> str | None:
@@ -131,9 +93,10 @@ def load_reference(config) -> np.ndarray:
   return pixels.to_float(image)
 
 
-# (pair, protocol) -> uint8 (shown input, output, target): what is scored.
+# (pair, protocol) -> the uint8 images scored (shown input, output, target
+# and any further targets).
 CorrectPair = Callable[[input_pipeline.EvalPair, contract.Protocol],
-                       tuple[np.ndarray, np.ndarray, np.ndarray]]
+                       contract.ScoredImages]
 
 _CORRECTIONS: list[Callable] = []  # Every jitted correction made so far.
 
@@ -151,7 +114,7 @@ def compiled_corrections() -> list[Callable]:
 
 
 class PairCorrector:
-  """(pair, protocol) -> uint8 (input, output, target), one pair or many.
+  """(pair, protocol) -> `ScoredImages`, for one pair or many.
 
   `correct_many` groups the pairs whose prepared images share a size and
   runs each group in batches of one image per local device (the batch is
@@ -177,12 +140,12 @@ class PairCorrector:
     self.batch_size = len(devices)
 
   def __call__(self, pair: input_pipeline.EvalPair, protocol: contract.Protocol
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ) -> contract.ScoredImages:
     return self.correct_many([pair], protocol)[0]
 
   def correct_many(self, pairs: Sequence[input_pipeline.EvalPair],
                    protocol: contract.Protocol
-                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                   ) -> list[contract.ScoredImages]:
     """`self(pair, protocol)` of each pair, batched by size."""
     prepared = [protocol.prepare(pair, self._reference) for pair in pairs]
     groups = collections.defaultdict(list)
@@ -201,13 +164,16 @@ class PairCorrector:
             self._references([prepared[i] for i in padded])))
         for position, index in enumerate(chunk):
           outputs[index] = corrected[position]
-    results = [(item.shown_input, protocol.quantise(output), item.target)
+    results = [contract.ScoredImages(item.shown_input,
+                                     protocol.quantise(output), item.target,
+                                     item.other_targets)
                for item, output in zip(prepared, outputs)]
     if self._save_dir is not None:
       folder = os.path.join(self._save_dir, protocol.name)
       os.makedirs(folder, exist_ok=True)
-      for pair, (_, output, _) in zip(pairs, results):
-        image_codec.write_png(os.path.join(folder, f'{pair.name}.png'), output)
+      for pair, result in zip(pairs, results):
+        image_codec.write_png(os.path.join(folder, f'{pair.name}.png'),
+                              result.output)
     return results
 
   def _references(self, prepared: Sequence[contract.PreparedPair]):
@@ -224,7 +190,7 @@ class PairCorrector:
 def pair_corrector(task: contract.Task, model: Any, params: Any,
                    reference: np.ndarray | None = None,
                    save_dir: str | None = None) -> PairCorrector:
-  """(pair, protocol) -> uint8 (input, output, target) for `evaluate`.
+  """(pair, protocol) -> the `ScoredImages` `evaluate` scores.
 
   Args:
     task: the method.
@@ -238,13 +204,23 @@ def pair_corrector(task: contract.Task, model: Any, params: Any,
   return PairCorrector(task, model, params, reference, save_dir)
 
 
-# Per-pair scores, in this order wherever they are packed into an array.
-PAIR_METRICS = ('psnr', 'ssim', 'identity_psnr', 'identity_ssim', 'lpips',
-                'identity_lpips')
+def metric_names(protocol: contract.Protocol, with_lpips: bool
+                 ) -> tuple[str, ...]:
+  """The per-pair metrics a protocol computes, in report order.
+
+  PSNR, SSIM, LPIPS (if computed), the protocol's `extra_metric_names`,
+  `psnr_<target>` / `ssim_<target>` per target of `target_names`; then the
+  same for the identity baseline, prefixed 'identity_'.
+  """
+  own = ['psnr', 'ssim'] + (['lpips'] if with_lpips else [])
+  own += list(protocol.extra_metric_names)
+  own += [f'{metric}_{target}' for target in protocol.target_names
+          for metric in ('psnr', 'ssim')]
+  return tuple(own + [f'identity_{name}' for name in own])
 
 
 class PairScores(NamedTuple):
-  """One pair's scores: {protocol name: {metric: value}} (`PAIR_METRICS`)."""
+  """One pair's scores: {protocol name: {metric: value}} (`metric_names`)."""
   name: str
   ev_tag: str
   scores: dict[str, dict[str, float]]
@@ -266,7 +242,7 @@ def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
 
   Returns:
     (rows, grid_rows): one `PairScores` per pair, in order, with the metrics
-    of `PAIR_METRICS` each protocol computes; and the image-grid rows of the
+    `metric_names` gives for each protocol; and the image-grid rows of the
     first `num_grid_images` pairs.
   """
   protocols = list(protocols)
@@ -278,12 +254,12 @@ def score_pairs(pairs: Iterable[input_pipeline.EvalPair],
     for position, pair in enumerate(chunk):
       rows.append(PairScores(pair.name, pair.ev_tag, {}))
       for protocol in protocols:
-        image_in, output, target = corrected[protocol.name][position]
+        # A plain (input, output, target) tuple is accepted too.
+        images = contract.ScoredImages(*corrected[protocol.name][position])
         rows[-1].scores[protocol.name] = _scores(
-            image_in, output, target, protocol.ssim_color,
-            with_lpips[protocol.name])
+            images, protocol, with_lpips[protocol.name])
         if protocol is protocols[0] and len(grid_rows) < num_grid_images:
-          row = [image_in, output, target]
+          row = [images.shown_input, images.output, images.target]
           if grid_reference is not None:
             row.append(grid_reference)
           grid_rows.append(row)
@@ -315,19 +291,35 @@ def _correct_chunk(correct, chunk, protocol):
   return [correct(pair, protocol) for pair in chunk]
 
 
-def _scores(image_in: np.ndarray, output: np.ndarray, target: np.ndarray,
-            color: str, with_lpips: bool) -> dict[str, float]:
-  """The `PAIR_METRICS` of one corrected pair (LPIPS only if asked)."""
-  values = {'psnr': psnr(output, target),
-            'ssim': ssim(output, target, color),
-            'identity_psnr': psnr(image_in, target),
-            'identity_ssim': ssim(image_in, target, color)}
+def _scores(images: contract.ScoredImages, protocol: contract.Protocol,
+            with_lpips: bool) -> dict[str, float]:
+  """The `metric_names` of one corrected pair."""
+  targets = [images.target] + [image for _, image in images.other_targets]
+  if len(targets) != max(1, len(protocol.target_names)):
+    raise ValueError(
+        f'Protocol {protocol.name!r} scores against {protocol.target_names} '
+        f'but was given {len(targets)} target(s).')
+  values = {}
+  for prefix, candidate in (('', images.output),
+                            ('identity_', images.shown_input)):
+    psnrs = [image_quality.psnr(candidate, t) for t in targets]
+    ssims = [image_quality.ssim(candidate, t, protocol.ssim_color)
+             for t in targets]
+    values[f'{prefix}psnr'] = float(np.mean(psnrs))
+    values[f'{prefix}ssim'] = float(np.mean(ssims))
+    if protocol.extra_metrics is not None:
+      extra = protocol.extra_metrics(candidate, images.target)
+      for name in protocol.extra_metric_names:
+        values[f'{prefix}{name}'] = float(extra[name])
+    for name, p, s in zip(protocol.target_names, psnrs, ssims):
+      values[f'{prefix}psnr_{name}'] = p
+      values[f'{prefix}ssim_{name}'] = s
   if with_lpips:
-    distances = _lpips_metric()(np.stack([output, image_in]),
-                                np.stack([target, target]))
+    distances = _lpips_metric()(np.stack([images.output, images.shown_input]),
+                                np.stack([images.target, images.target]))
     values['lpips'] = float(distances[0])
     values['identity_lpips'] = float(distances[1])
-  return values
+  return {name: values[name] for name in metric_names(protocol, with_lpips)}
 
 
 def summarise(rows: Sequence[PairScores],
@@ -354,13 +346,14 @@ def summarise(rows: Sequence[PairScores],
     for group in GROUPS:
       if merged[group]:
         result[group] = _summary(merged[group])
-    result['all'] = (_summary(merged['all']) if merged['all'] else
-                     {'psnr': float('nan'), 'ssim': float('nan'),
-                      'identity_psnr': float('nan'),
-                      'identity_ssim': float('nan'), 'count': 0})
-    result['ssim_variant'] = SSIM_VARIANTS[protocol.ssim_color]
+    result['all'] = (_summary(merged['all']) if merged['all'] else dict(
+        {name: float('nan') for name in metric_names(
+            protocol, with_lpips[protocol.name])}, count=0))
+    result['ssim_variant'] = image_quality.SSIM_VARIANTS[protocol.ssim_color]
     result['lpips_variant'] = (_lpips_variant() if with_lpips[protocol.name]
                                else None)
+    if protocol.target_names:
+      result['targets'] = list(protocol.target_names)
     report[protocol.name] = result
   return report
 
@@ -427,48 +420,29 @@ def evaluate_source(pairs_source, correct: CorrectPair,
   local_rows, grid_rows = score_pairs(
       pairs, correct, protocols, num_grid_images=num_grid_images,
       grid_reference=grid_reference, lpips=lpips)
-  packed = np.full((count, len(protocols), len(PAIR_METRICS)), np.nan)
+  with_lpips = _lpips_per_protocol(protocols, lpips)
+  columns = [(protocol.name, metric) for protocol in protocols
+             for metric in metric_names(protocol, with_lpips[protocol.name])]
+  packed = np.full((count, len(columns)), np.nan)
   for index, row in zip(own, local_rows):
-    for p, protocol in enumerate(protocols):
-      for m, metric in enumerate(PAIR_METRICS):
-        packed[index, p, m] = row.scores[protocol.name].get(metric, np.nan)
+    packed[index] = [row.scores[protocol][metric]
+                     for protocol, metric in columns]
   gathered = distributed.gather_from_processes(packed)
   owner = np.arange(count) % processes
   packed = gathered[owner, np.arange(count)]
-  with_lpips = _lpips_per_protocol(protocols, lpips)
-  metrics = {protocol.name: PAIR_METRICS if with_lpips[protocol.name]
-             else PAIR_METRICS[:4] for protocol in protocols}
   # This process's pairs were read already; only the others' labels are
   # read again (names and tags only, no decoding).
   labels = {index: (row.name, row.ev_tag)
             for index, row in zip(own, local_rows)}
   rows = []
   for index in range(count):
-    scores = {protocol.name: {
-        metric: float(packed[index, p, PAIR_METRICS.index(metric)])
-        for metric in metrics[protocol.name]}
-              for p, protocol in enumerate(protocols)}
+    scores = {protocol.name: {} for protocol in protocols}
+    for column, (protocol, metric) in enumerate(columns):
+      scores[protocol][metric] = float(packed[index, column])
     name, tag = (labels[index] if index in labels else
                  input_pipeline.eval_pair_label(pairs_source, index))
     rows.append(PairScores(name, tag, scores))
   return summarise(rows, protocols, lpips=lpips), grid_rows, rows
-
-
-def write_csv(rows: Sequence[PairScores], path: str) -> None:
-  """One CSV row per pair and protocol (name, EV tag, PSNR, SSIM, LPIPS...).
-
-  For finding failure cases and for significance tests; written atomically.
-  Metrics a protocol did not compute are empty.
-  """
-  temporary = f'{path}.tmp'
-  with open(temporary, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(('name', 'ev_tag', 'protocol') + PAIR_METRICS)
-    for row in rows:
-      for protocol, scores in row.scores.items():
-        writer.writerow((row.name, row.ev_tag, protocol) + tuple(
-            repr(scores[m]) if m in scores else '' for m in PAIR_METRICS))
-  os.replace(temporary, path)
 
 
 def _lpips_variant() -> str:
@@ -484,69 +458,3 @@ def _tag_order(tag: str):
     return (1, 0.0, tag)
 
 
-def format_table(report: dict) -> str:
-  """A readable table of a report: per EV tag, then the groups and 'all'."""
-  lines = []
-  for protocol, result in report.items():
-    variant = result.get('ssim_variant', SSIM_VARIANT)
-    header = f'protocol {protocol} (SSIM: {variant}'
-    if result.get('lpips_variant'):
-      header += f'; LPIPS: {result["lpips_variant"]}'
-    lines.append(header + ')')
-    rows = list(result['per_ev'].items()) + [
-        (name, result[name]) for name in GROUPS + ('all',) if name in result]
-    has_lpips = 'lpips' in result['all']
-    title = (f'{"EV":>6} {"n":>4} {"PSNR":>8} {"SSIM":>7} {"id PSNR":>8} '
-             f'{"id SSIM":>8}')
-    lines.append(title + (f' {"LPIPS":>7} {"id LPIPS":>8}' if has_lpips
-                          else ''))
-    for tag, row in rows:
-      line = (f'{tag:>6} {row["count"]:>4} {row["psnr"]:>8.3f} '
-              f'{row["ssim"]:>7.4f} {row["identity_psnr"]:>8.3f} '
-              f'{row["identity_ssim"]:>8.4f}')
-      if has_lpips:
-        line += f' {row["lpips"]:>7.4f} {row["identity_lpips"]:>8.4f}'
-      lines.append(line)
-  return '\n'.join(lines)
-
-
-def write_report(report: dict, path: str, **extra) -> None:
-  """Writes the report as JSON atomically (NaN/inf written as strings).
-
-  Besides each protocol's own 'ssim_variant', the top level names the SSIM
-  variant of every protocol ('ssim_variants') and, when all share one,
-  'ssim_variant'.
-  """
-  def clean(value):
-    if isinstance(value, dict):
-      return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-      return str(value)
-    return value
-  variants = {protocol: result.get('ssim_variant', SSIM_VARIANT)
-              for protocol, result in report.items()}
-  payload = dict(extra, ssim_variants=variants)
-  if len(set(variants.values())) <= 1:
-    payload['ssim_variant'] = next(iter(variants.values()), SSIM_VARIANT)
-  payload['results'] = clean(report)
-  temporary = f'{path}.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(payload, f, indent=2)
-  os.replace(temporary, path)
-
-
-def image_grid(rows: list[list[np.ndarray]], height: int = 192) -> np.ndarray:
-  """Tiles rows of images, each resized to `height`, into one uint8 image."""
-  rendered = []
-  for row in rows:
-    tiles = []
-    for image in row:
-      image = pixels.to_uint8(image)
-      width = max(1, round(image.shape[1] * height / image.shape[0]))
-      tiles.append(np.asarray(Image.fromarray(image).resize(
-          (width, height), Image.BILINEAR)))
-    rendered.append(np.concatenate(tiles, axis=1))
-  width = max(r.shape[1] for r in rendered)
-  rendered = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)))
-              for r in rendered]
-  return np.concatenate(rendered, axis=0)

@@ -5,7 +5,8 @@ Two samplers turn dataset records into training examples:
   scene ordered by exposure (ref_lo, ref_hi with EV(ref_lo) < EV(ref_hi)), the
   mutual-ground-truth setting of the UEC paper.
 - paired: (input, target, EV tag), from a paired dataset (msec, sice, lcdp) or
-  from a multi-exposure one read as pairs (every EV != 0 frame -> the EV 0 one).
+  from a multi-exposure one read as pairs (every EV != 0 frame -> the EV 0
+  one, or another target EV: `as_pairs`).
 
 Randomness comes only from grain's per-record generators, seeded by the config
 seed and the record's position in the global sample order, so the same seed
@@ -144,11 +145,12 @@ def _match_size(target: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
                                                    Image.BICUBIC))
 
 
-def as_pairs(source, dataset_name: str):
+def as_pairs(source, dataset_name: str, target_ev: float = 0.0):
   """A dataset's records as pairs: multi-exposure ones are read as
-  (EV != 0 -> EV 0) pairs, paired datasets (msec, sice, lcdp) are already."""
+  (EV != target_ev -> EV target_ev) pairs (`config.data.target_ev`), paired
+  datasets (msec, sice, lcdp, lol) are pairs already."""
   if dataset_name.split('/')[0] == 'multi_exposure':
-    return SequencePairsSource(source)
+    return SequencePairsSource(source, target_ev=float(target_ev))
   return source
 
 
@@ -221,10 +223,27 @@ def paired_train_loader(source, *, crop_size: int | None, flip: bool,
 
 @dataclasses.dataclass(frozen=True)
 class EvalPair:
+  """One evaluation pair at full resolution.
+
+  Attributes:
+    name: the input's name, unique in the split.
+    ev_tag: its exposure tag ('' where the dataset has none).
+    input: the decoded input image.
+    target: the decoded target, at the input's size.
+    other_targets: (name, encoded bytes) of further ground truths of the
+      scene (MSEC test: experts a, b, d, e), decoded only by the protocols
+      that score against them (`decode_other_target`).
+  """
   name: str
   ev_tag: str
   input: np.ndarray
   target: np.ndarray
+  other_targets: tuple[tuple[str, bytes], ...] = ()
+
+
+def decode_other_target(pair: EvalPair, data: bytes) -> np.ndarray:
+  """One of `pair.other_targets`, decoded to the input's size."""
+  return _match_size(decode(data), pair.input.shape)
 
 
 def num_eval_pairs(pairs_source, limit: int | None = None) -> int:
@@ -236,9 +255,13 @@ def read_eval_pair(pairs_source, index: int) -> EvalPair:
   """Pair `index` at full resolution (no crops, no flips), decoded."""
   record = pairs_source[index]
   image_in = decode(record['input'])
+  others = tuple(zip((text(name) for name in
+                      record.get('other_target_names', ())),
+                     record.get('other_targets', ())))
   return EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
                   input=image_in,
-                  target=_match_size(decode(record['target']), image_in.shape))
+                  target=_match_size(decode(record['target']), image_in.shape),
+                  other_targets=others)
 
 
 def eval_pair_label(pairs_source, index: int) -> tuple[str, str]:

@@ -12,12 +12,23 @@ the method (`Task.correct`). The shared ones:
                 multiple of 4 per side (`resize_to_multiple`), the target to
                 the output's size; output rounded to uint8; PSNR on RGB,
                 SSIM on grayscale.
+  'edges':      as 'full', plus the edge metrics of the UEC paper's
+                downstream ablation (`metrics/edges.py`: a fixed scikit-image
+                Canny, edge-map PSNR and F1 within 2 px). The paper's
+                detector differs: compare methods within this project only.
+  'full_experts': as 'full', scored against each of the five expert
+                retouches of MSEC's test split (`against_every_expert`):
+                PSNR / SSIM are the means over experts A-E, as Afifi et al.
+                report them, and each expert's figures are in the JSON/CSV.
+                Only the MSEC test split has the experts; 'full' scores
+                against expert C alone.
 
 A method's own protocols (e.g. UEC's 'uec256', RECNet's 'recnet') live in
 its task module; `full_resolution` builds variants of 'full' (RECNet's adds
 LPIPS). `resolve` finds the protocols a config names.
 """
 
+import dataclasses
 from typing import Iterable, Mapping
 
 import cv2
@@ -25,7 +36,13 @@ import numpy as np
 
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
+from expcorr_jax.metrics import edges
 from expcorr_jax.tasks import contract
+
+# MSEC's test split: expert C's retouch is the target, the others are stored
+# as the pair's other targets (data_prep/datasets/msec.py).
+MSEC_TARGET_EXPERT = 'expert_c'
+MSEC_OTHER_EXPERTS = ('expert_a', 'expert_b', 'expert_d', 'expert_e')
 
 
 def resize_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
@@ -88,7 +105,49 @@ ENC_FECNET = contract.Protocol(
     ssim_color='gray', lpips=False,
     description=('ENC/FECNet/ERL code: resized up to a multiple of 4, '
                  'grayscale SSIM'))
-SHARED = {protocol.name: protocol for protocol in (FULL, ENC_FECNET)}
+EDGES = dataclasses.replace(
+    full_resolution('edges', description=(
+        'as full, plus edge metrics: ' + edges.DESCRIPTION)),
+    extra_metrics=edges.edge_scores, extra_metric_names=edges.METRIC_NAMES)
+
+
+def against_every_expert(protocol: contract.Protocol,
+                         name: str) -> contract.Protocol:
+  """`protocol`, scored against each of MSEC's five experts (see module).
+
+  Each expert's retouch is prepared as `protocol` prepares the target
+  (resized alike); the model runs once. A pair without all four other
+  experts fails, naming it: only MSEC's test split has them.
+  """
+  def prepare(pair: input_pipeline.EvalPair,
+              reference: np.ndarray | None) -> contract.PreparedPair:
+    stored = dict(pair.other_targets)
+    missing = [expert for expert in MSEC_OTHER_EXPERTS if expert not in stored]
+    if missing:
+      raise ValueError(
+          f'Protocol {name!r} scores against the five MSEC experts, but pair '
+          f'{pair.name!r} has no {", ".join(missing)} retouch. Only MSEC\'s '
+          'test split stores them (--config.data.name=msec '
+          '--config.data.eval_split=test); use protocol '
+          f'{protocol.name!r} for other data.')
+    prepared = protocol.prepare(pair, reference)
+    others = []
+    for expert in MSEC_OTHER_EXPERTS:
+      retouch = input_pipeline.decode_other_target(pair, stored[expert])
+      others.append((expert, protocol.prepare(
+          dataclasses.replace(pair, target=retouch), reference).target))
+    return dataclasses.replace(prepared, other_targets=tuple(others))
+
+  return dataclasses.replace(
+      protocol, name=name, prepare=prepare,
+      target_names=(MSEC_TARGET_EXPERT,) + MSEC_OTHER_EXPERTS,
+      description=(f'{protocol.name}, mean over the five MSEC experts '
+                   '(test split)'))
+
+
+FULL_EXPERTS = against_every_expert(FULL, 'full_experts')
+SHARED = {protocol.name: protocol
+          for protocol in (FULL, ENC_FECNET, EDGES, FULL_EXPERTS)}
 
 
 def available(task: contract.Task) -> Mapping[str, contract.Protocol]:

@@ -22,7 +22,7 @@ Robustness:
 
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import flax
@@ -38,6 +38,7 @@ from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax import protocols
+from expcorr_jax import reports
 from expcorr_jax import summary_writer
 from expcorr_jax import tasks
 from expcorr_jax.tasks import contract
@@ -55,12 +56,47 @@ class TrainState:
 def regulariser_of(config: ml_collections.ConfigDict
                    ) -> contract.Regulariser | None:
   """The regulariser `config.regulariser` switches on, if any."""
-  block = config.get('regulariser')
+  block = config.regulariser
   return None if block is None else tasks.get_regulariser(block.name)
+
+
+# Every key the shared trainer and evaluation read. Defaults live in the
+# config files, never in the code: a key missing here fails at the start,
+# named, instead of silently taking a value nobody chose.
+REQUIRED_KEYS = (
+    'model', 'seed', 'batch_size', 'num_train_steps', 'log_every_steps',
+    'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+    'regulariser', 'data.name', 'data.data_dir', 'data.manual_dir',
+    'data.train_split', 'data.eval_split', 'data.target_ev',
+    'data.crop_size', 'data.worker_count', 'optimizer.learning_rate',
+    'optimizer.b1', 'optimizer.b2', 'optimizer.decay_steps',
+    'optimizer.decay_factor', 'eval.protocols',
+    'eval.max_images', 'eval.num_grid_images')
+
+
+def missing_keys(config: ml_collections.ConfigDict,
+                 keys: Sequence[str] = REQUIRED_KEYS) -> list[str]:
+  """The dotted `keys` that `config` lacks."""
+  missing = []
+  for key in keys:
+    node = config
+    for part in key.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        missing.append(key)
+        break
+      node = node[part]
+  return missing
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the bad value and the fix."""
+  missing = missing_keys(config)
+  if missing:
+    raise ValueError(
+        f'The config lacks {", ".join(missing)}, which the trainer reads. '
+        'Add them to the config file (configs/uec.py shows each with its '
+        'usual value; regulariser = None and optimizer.decay_steps = () '
+        'switch those off).')
   positive = {
       'batch_size': config.batch_size,
       'num_train_steps': config.num_train_steps,
@@ -100,7 +136,7 @@ def make_optimizer(config: ml_collections.ConfigDict):
   """Adam; the learning rate is multiplied by `decay_factor` at each step of
   `optimizer.decay_steps` (RECNet's MultiStep schedule), if any."""
   learning_rate = config.optimizer.learning_rate
-  decay_steps = tuple(config.optimizer.get('decay_steps', ()))
+  decay_steps = tuple(config.optimizer.decay_steps)
   if decay_steps:
     learning_rate = optax.piecewise_constant_schedule(
         learning_rate,
@@ -257,18 +293,18 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
       num_grid_images=config.eval.num_grid_images, grid_reference=reference)
   path = os.path.join(workdir, f'eval_step_{step}.json')
   if jax.process_index() == 0:
-    evaluation.write_report(report, path, step=step, model=config.model,
+    reports.write_report(report, path, step=step, model=config.model,
                             dataset=config.data.name,
                             split=config.data.eval_split)
   logging.info('Evaluation at step %d (%.1fs), written to %s:\n%s', step,
-               time.time() - start, path, evaluation.format_table(report))
+               time.time() - start, path, reports.format_table(report))
   scalars = {}
   for protocol, result in report.items():
     for name in ('psnr', 'ssim', 'identity_psnr', 'identity_ssim'):
       scalars[f'eval_{protocol}/{name}'] = result['all'][name]
   writer.write_scalars(step, scalars)
   if grid_rows:
-    grid = evaluation.image_grid(grid_rows)
+    grid = reports.image_grid(grid_rows)
     writer.write_images(step, {'eval/input_output_target_reference': grid})
     if jax.process_index() == 0:
       from data_prep import image_codec  # pylint: disable=g-import-not-at-top
@@ -310,6 +346,19 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> None:
     build.ensure_prepared(data.name, data.data_dir, data.manual_dir)
 
 
+def eval_pairs(config: ml_collections.ConfigDict):
+  """The evaluation split (`config.data.eval_split`) read as pairs.
+
+  A multi-exposure dataset gives one pair per scene and EV, its target the
+  scene's frame at `config.data.target_ev` (`input_pipeline.as_pairs`).
+  """
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  return input_pipeline.as_pairs(
+      build.data_source(config.data.name, config.data.eval_split,
+                        config.data.data_dir),
+      config.data.name, config.data.target_ev)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict | None:
   """Trains `config.model` in `workdir`; returns the final eval report.
@@ -324,9 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   prepare_dataset(config)
   train_source = build.data_source(config.data.name, config.data.train_split,
                                    config.data.data_dir)
-  eval_pairs = input_pipeline.as_pairs(
-      build.data_source(config.data.name, config.data.eval_split,
-                        config.data.data_dir), config.data.name)
+  eval_source = eval_pairs(config)
 
   mesh = make_mesh()
   model = task.create_model(config)
@@ -386,10 +433,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return None
       if step % config.eval_every_steps == 0 and step < config.num_train_steps:
         run_evaluation(task, model, state.params, config, workdir, step,
-                       eval_pairs, reference, writer, frozen)
+                       eval_source, reference, writer, frozen)
         last_log = time.time()  # Throughput counts training time only.
   report = run_evaluation(task, model, state.params, config, workdir, step,
-                          eval_pairs, reference, writer, frozen)
+                          eval_source, reference, writer, frozen)
   writer.close()
   manager.close()
   return report

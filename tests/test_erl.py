@@ -314,13 +314,13 @@ def test_reconstruction_eval_and_stage1_loss(bcm):
                                      method=erl.BCM.reconstruct))
 
   reconstruction = erl_pretext.RECONSTRUCTION
-  image_in, output, scored = evaluation.pair_corrector(
+  image_in, output, scored, _ = evaluation.pair_corrector(
       autoencoder_task.TASK, model, stage1)(pair, reconstruction)
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(scored, pair.target)
   expected = np.round(np.clip(ae(target)[0], 0, 1) * 255)
   assert np.max(np.abs(output.astype(float) - expected)) <= 1
-  _, output, _ = evaluation.pair_corrector(
+  _, output, _, _ = evaluation.pair_corrector(
       bcm_task.TASK, model,
       bcm_task.TASK.correction_params(stage2, stage1))(pair, reconstruction)
   expected = np.round(np.clip(_reconstruct(model, params, target)[0], 0, 1)

@@ -3,6 +3,7 @@
 - The official UEC weights on the two MSEC test images of the golden
   fixture (an MSEC layout the test writes) reproduce the official outputs
   through the `full` protocol, and the CLI writes the JSON, CSV and table.
+  Its saved outputs, scored with --outputs_dir, give the same report.
 - A training workdir evaluates to exactly its training run's own final
   evaluation, also under a config whose model settings differ (they come
   from the checkpoint).
@@ -25,6 +26,7 @@ from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax import protocols
 from expcorr_jax import train
+from expcorr_jax.metrics import image_quality
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def test_official_uec_weights_on_msec_images_reproduce_the_golden_outputs(
     pair = input_pipeline.read_eval_pair(source, index)
     by_name[pair.name] = pair
     i = names.index(pair.name)
-    _, output, _ = correct_pair(pair, unrounded)
+    output = correct_pair(pair, unrounded).output
     assert np.max(np.abs(output - golden[f'output3_{i}'])) <= 1e-5
     saved = image_codec.read_image(out / 'images' / 'full' / f'{pair.name}.png')
     np.testing.assert_array_equal(saved, pixels.to_uint8(output))
@@ -100,12 +102,18 @@ def test_official_uec_weights_on_msec_images_reproduce_the_golden_outputs(
   assert sorted(row['name'] for row in rows) == sorted(names)
   for row in rows:
     pair = by_name[row['name']]
-    expected = evaluation.psnr(
+    expected = image_quality.psnr(
         image_codec.read_image(out / 'images' / 'full' / f'{pair.name}.png'),
         pixels.to_uint8(pair.target))
     assert float(row['psnr']) == pytest.approx(expected, rel=1e-12)
-    assert row['protocol'] == 'full' and row['lpips'] == ''
+    assert row['protocol'] == 'full' and 'lpips' not in row  # Not computed.
   assert 'protocol full' in stem.with_suffix('.txt').read_text()
+
+  # The saved outputs, scored as precomputed outputs: the same figures.
+  rescored = evaluate.evaluate_checkpoint(
+      config, None, str(tmp_path / 'rescored'),
+      outputs_dir=str(out / 'images'))
+  assert rescored == report
 
 
 def test_a_training_workdir_evaluates_to_its_own_final_evaluation(
@@ -192,8 +200,8 @@ def test_uec256_resizes_floats_and_truncates(golden, shared_fixture, name,
   task, model, params, _ = evaluate.load_checkpoint(
       config, str(shared_fixture('uec/exposure-errors.pth')))
   correct_pair = evaluation.pair_corrector(task, model, params, reference)
-  _, output, _ = correct_pair(pair, protocol)
-  _, unrounded, _ = correct_pair(pair, dataclasses.replace(
-      protocol, quantise=np.asarray))
+  output = correct_pair(pair, protocol).output
+  unrounded = correct_pair(pair, dataclasses.replace(
+      protocol, quantise=np.asarray)).output
   np.testing.assert_array_equal(output, np.floor(unrounded * 255))
   assert np.any(np.round(unrounded * 255) != output)  # Truncated, not rounded.

@@ -10,6 +10,8 @@ from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax import protocols
+from expcorr_jax import reports
+from expcorr_jax.metrics import image_quality
 from expcorr_jax.tasks import recnet as recnet_task
 from expcorr_jax.tasks import uec as uec_task
 
@@ -51,34 +53,34 @@ def _numpy_ssim(x, y):
 def test_psnr_is_the_textbook_formula():
   a, b = _images()
   mse = np.mean((a.astype(np.float64) - b)**2)
-  assert evaluation.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / mse),
+  assert image_quality.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / mse),
                                                 rel=1e-12)
-  assert evaluation.psnr(a, a) == float('inf')
+  assert image_quality.psnr(a, a) == float('inf')
 
 
 def test_rgb_ssim_is_the_mean_over_channels():
   a, b = _images()
   want = np.mean([_numpy_ssim(a[..., c].astype(np.float64),
                               b[..., c].astype(np.float64)) for c in range(3)])
-  assert evaluation.ssim(a, b) == pytest.approx(want, abs=2e-6)
-  assert evaluation.ssim(a, b, 'rgb') == evaluation.ssim(a, b)
-  assert evaluation.ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+  assert image_quality.ssim(a, b) == pytest.approx(want, abs=2e-6)
+  assert image_quality.ssim(a, b, 'rgb') == image_quality.ssim(a, b)
+  assert image_quality.ssim(a, a) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_gray_ssim_is_ssim_of_the_bt601_luma():
   a, b = _images()
   luma = lambda im: np.round(im.astype(np.float64) @ [0.299, 0.587, 0.114])
   want = _numpy_ssim(luma(a), luma(b))
-  assert evaluation.ssim(a, b, 'gray') == pytest.approx(want, abs=2e-6)
+  assert image_quality.ssim(a, b, 'gray') == pytest.approx(want, abs=2e-6)
   # Swapping red and blue is a large change in colour, a smaller one in luma.
   swapped = a[..., ::-1]
-  assert evaluation.ssim(a, swapped, 'gray') > evaluation.ssim(a, swapped) + 0.1
+  assert image_quality.ssim(a, swapped, 'gray') > image_quality.ssim(a, swapped) + 0.1
   # The same luma as cv2's RGB -> gray (which rounds in fixed point).
-  gray = evaluation.to_gray(a)
+  gray = image_quality.to_gray(a)
   diff = np.abs(gray.astype(int) - cv2.cvtColor(a, cv2.COLOR_RGB2GRAY))
   assert gray.dtype == np.uint8 and diff.max() <= 1 and diff.mean() < 0.01
   with pytest.raises(ValueError, match='color'):
-    evaluation.ssim(a, b, 'ycbcr')
+    image_quality.ssim(a, b, 'ycbcr')
 
 
 def test_resize_to_multiple_of_4():
@@ -134,7 +136,7 @@ def test_report_per_ev_groups_and_all():
   report, grid = evaluation.evaluate(pairs, _halfway, [ENC_FECNET, FULL],
                                      num_grid_images=2)
   assert len(grid) == 2 and len(grid[0]) == 3
-  psnrs = [evaluation.psnr(_halfway(p, '')[1], p.target) for p in pairs]
+  psnrs = [image_quality.psnr(_halfway(p, '')[1], p.target) for p in pairs]
   for protocol in ('enc_fecnet', 'full'):
     result = report[protocol]
     assert list(result['per_ev']) == ['N1.5', 'N1', '0', 'P1', 'P1.5']
@@ -146,18 +148,18 @@ def test_report_per_ev_groups_and_all():
     assert result['over']['psnr'] == pytest.approx(np.mean(psnrs[3:]))
     assert result['all']['psnr'] == pytest.approx(np.mean(psnrs))
     assert result['all']['identity_psnr'] == pytest.approx(np.mean(
-        [evaluation.psnr(p.input, p.target) for p in pairs]))
+        [image_quality.psnr(p.input, p.target) for p in pairs]))
     assert 'lpips' not in result['all'] and result['lpips_variant'] is None
   # The protocol picks the SSIM variant; UEC's names keep the RGB default.
-  assert report['enc_fecnet']['ssim_variant'] == evaluation.SSIM_VARIANTS[
+  assert report['enc_fecnet']['ssim_variant'] == image_quality.SSIM_VARIANTS[
       'gray']
-  assert report['full']['ssim_variant'] == evaluation.SSIM_VARIANT
+  assert report['full']['ssim_variant'] == image_quality.SSIM_VARIANT
   first = pairs[0]
   assert report['enc_fecnet']['per_ev']['N1.5']['ssim'] == pytest.approx(
-      evaluation.ssim(_halfway(first, '')[1], first.target, 'gray'))
+      image_quality.ssim(_halfway(first, '')[1], first.target, 'gray'))
   assert report['full']['per_ev']['N1.5']['ssim'] == pytest.approx(
-      evaluation.ssim(_halfway(first, '')[1], first.target))
-  table = evaluation.format_table(report)
+      image_quality.ssim(_halfway(first, '')[1], first.target))
+  table = reports.format_table(report)
   assert 'under' in table and 'over' in table and 'gray' in table
 
 
@@ -184,17 +186,17 @@ def test_lpips_where_the_protocol_asks(tmp_path):
     assert 0 < row['lpips'] < row['identity_lpips']
   assert recnet['all']['lpips'] == pytest.approx(
       np.mean([recnet['per_ev'][t]['lpips'] for t in ('N1', 'P1')]))
-  assert 'LPIPS' in evaluation.format_table(report)
+  assert 'LPIPS' in reports.format_table(report)
   off, _ = evaluation.evaluate(pairs, _halfway, [RECNET], lpips=False)
   assert 'lpips' not in off['recnet']['all']
 
   path = tmp_path / 'eval.json'
-  evaluation.write_report(report, str(path), step=7)
+  reports.write_report(report, str(path), step=7)
   saved = json.loads(path.read_text())
   assert saved['step'] == 7
   assert saved['ssim_variants'] == {
-      'recnet': evaluation.SSIM_VARIANTS['rgb'],
-      'enc_fecnet': evaluation.SSIM_VARIANTS['gray']}
+      'recnet': image_quality.SSIM_VARIANTS['rgb'],
+      'enc_fecnet': image_quality.SSIM_VARIANTS['gray']}
   assert 'ssim_variant' not in saved  # The protocols differ.
   assert saved['results']['recnet']['over']['count'] == 1
 
@@ -203,8 +205,8 @@ def test_uec_report_keeps_its_layout(tmp_path):
   pairs = _pairs(['N1', 'N1', 'P1'])
   identity = lambda pair, protocol: (pair.input, pair.input, pair.target)
   report, _ = evaluation.evaluate(pairs, identity, (FULL, UEC256))
-  expected_psnr = np.mean([evaluation.psnr(p.input, p.target) for p in pairs])
-  expected_ssim = np.mean([evaluation.ssim(p.input, p.target) for p in pairs])
+  expected_psnr = np.mean([image_quality.psnr(p.input, p.target) for p in pairs])
+  expected_ssim = np.mean([image_quality.ssim(p.input, p.target) for p in pairs])
   assert list(report) == ['full', 'uec256']
   for result in report.values():
     assert list(result['per_ev']) == ['N1', 'P1']
@@ -216,14 +218,14 @@ def test_uec_report_keeps_its_layout(tmp_path):
       assert result['all'][f'{prefix}psnr'] == pytest.approx(expected_psnr)
       assert result['all'][f'{prefix}ssim'] == pytest.approx(expected_ssim)
   path = tmp_path / 'eval.json'
-  evaluation.write_report(report, str(path))
+  reports.write_report(report, str(path))
   saved = json.loads(path.read_text())
-  assert saved['ssim_variant'] == evaluation.SSIM_VARIANT
+  assert saved['ssim_variant'] == image_quality.SSIM_VARIANT
   # inf PSNR (identical images) is written as a string, not invalid JSON.
   report, _ = evaluation.evaluate(
       pairs[:1], lambda pair, protocol: (pair.input, pair.target, pair.target),
       (FULL,))
-  evaluation.write_report(report, str(path))
+  reports.write_report(report, str(path))
   assert json.loads(path.read_text())['results']['full']['all']['psnr'] == 'inf'
 
 
@@ -254,7 +256,7 @@ def test_images_of_three_sizes_compile_three_programs_and_batch_alike():
   unrounded = dataclasses.replace(FULL, quantise=np.asarray)
   batched = correct.correct_many(pairs, unrounded)
   alone = jax.jit(lambda p, x, r: uec_task.correct(model, p, x, r))
-  for pair, (_, output, _) in zip(pairs, batched):
+  for pair, (_, output, _, _) in zip(pairs, batched):
     expected = alone(params, pixels.to_float(pair.input)[None],
                      reference[None])[0]
     np.testing.assert_allclose(output, np.asarray(expected), atol=1e-6)

@@ -41,6 +41,7 @@ from PIL import Image
 
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
+from expcorr_jax.metrics import image_quality
 from expcorr_jax.tasks import contract
 
 
@@ -120,12 +121,14 @@ def _config(data_dir: str, model: str) -> ml_collections.ConfigDict:
   config.seed = 0
   config.data = ml_collections.ConfigDict(dict(
       name='multi_exposure/sample', data_dir=data_dir, manual_dir=None,
-      train_split='train', eval_split='validation', crop_size=32, flip=True,
-      worker_count=0))
+      train_split='train', eval_split='validation', target_ev=0.0,
+      crop_size=32, flip=True, worker_count=0))
   config.batch_size = 8  # tests/conftest.py simulates 8 devices.
   config.num_train_steps = 6
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-2, b1=0.9, b2=0.999))
+      learning_rate=1e-2, b1=0.9, b2=0.999, decay_steps=(),
+      decay_factor=1.0))
+  config.regulariser = None
   config.eval = ml_collections.ConfigDict(dict(
       protocols=('full', 'half', 'enc_fecnet'), max_images=2,
       num_grid_images=1))
@@ -147,7 +150,7 @@ def test_a_method_of_its_own_package_trains_evaluates_and_corrects(
   # The trainer evaluated it under its own protocol and two shared ones.
   assert list(report) == ['full', 'half', 'enc_fecnet']
   assert all(result['all']['count'] == 2 for result in report.values())
-  assert report['half']['ssim_variant'] == evaluation.SSIM_VARIANTS['gray']
+  assert report['half']['ssim_variant'] == image_quality.SSIM_VARIANTS['gray']
 
   # Inference finds the method by the name saved in the checkpoint's config.
   corrector = inference.Corrector.from_checkpoint(str(workdir),
@@ -162,7 +165,7 @@ def test_a_method_of_its_own_package_trains_evaluates_and_corrects(
       input_pipeline.as_pairs(build.data_source(
           config.data.name, 'validation', sample_data_dir), config.data.name),
       limit=2))
-  psnrs = [evaluation.psnr(pixels.to_uint8(corrector(pair.input)),
+  psnrs = [image_quality.psnr(pixels.to_uint8(corrector(pair.input)),
                            pixels.to_uint8(pair.target)) for pair in pairs]
   tags = [pair.ev_tag for pair in pairs]
   for tag in set(tags):

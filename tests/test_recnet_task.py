@@ -26,6 +26,7 @@ from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax import protocols
 from expcorr_jax import train
+from expcorr_jax.metrics import image_quality
 from expcorr_jax.tasks import recnet as recnet_task
 from expcorr_jax.tasks import recnet_loss
 
@@ -237,7 +238,7 @@ def test_eval_pair_protocols():
       input=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8),
       target=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8))
   correct_pair = evaluation.pair_corrector(recnet_task.TASK, model, params)
-  image_in, output, target = correct_pair(pair, recnet_task.RECNET_PROTOCOL)
+  image_in, output, target, _ = correct_pair(pair, recnet_task.RECNET_PROTOCOL)
   assert image_in.dtype == output.dtype == target.dtype == np.uint8
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(target, pair.target)
@@ -245,7 +246,7 @@ def test_eval_pair_protocols():
       params, pair.input[None].astype(np.float32) / 255)[0]
   np.testing.assert_array_equal(output, np.round(np.asarray(want) * 255))
 
-  image_in, output, target = correct_pair(pair, protocols.ENC_FECNET)
+  image_in, output, target, _ = correct_pair(pair, protocols.ENC_FECNET)
   assert image_in.shape == output.shape == target.shape == (32, 44, 3)
   np.testing.assert_array_equal(
       image_in, pixels.to_uint8(protocols.resize_to_multiple(pair.input)))
@@ -318,8 +319,8 @@ def test_run_writes_both_protocols_and_resumes_after_sigterm(
   saved = json.loads((uninterrupted / 'eval_step_4.json').read_text())
   assert saved['model'] == 'recnet' and saved['step'] == 4
   assert saved['ssim_variants'] == {
-      'recnet': evaluation.SSIM_VARIANTS['rgb'],
-      'enc_fecnet': evaluation.SSIM_VARIANTS['gray']}
+      'recnet': image_quality.SSIM_VARIANTS['rgb'],
+      'enc_fecnet': image_quality.SSIM_VARIANTS['gray']}
   results = saved['results']
   assert set(results) == set(report) == {'recnet', 'enc_fecnet'}
   for protocol, result in results.items():

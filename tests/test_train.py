@@ -278,3 +278,33 @@ def test_bad_config_values_are_named(field, value, message):
   setattr(config[parent] if parent else config, name, value)
   with pytest.raises(ValueError, match=message):
     train.validate_config(config)
+
+
+@pytest.mark.parametrize('config_file', [
+    'uec.py', 'recnet.py', 'erl_autoencoder.py', 'erl_bcm.py'])
+def test_every_config_defines_every_key_the_trainer_reads(config_file):
+  for arg in (None, 'runlocal'):
+    config = config_args.load_config(REPO_ROOT / 'configs' / config_file, arg)
+    assert train.missing_keys(config) == []
+
+
+def test_a_missing_key_is_named_not_defaulted():
+  config = tiny_config(None)
+  del config.data['target_ev']
+  del config.optimizer['decay_steps']
+  with pytest.raises(ValueError, match=r'lacks data\.target_ev, '
+                     r'optimizer\.decay_steps, which the trainer reads'):
+    train.validate_config(config)
+
+
+def test_a_misspelled_command_line_key_fails_naming_it(tmp_path):
+  """The user's path: config_flags refuses keys the config file lacks."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'expcorr_jax.main', '--config=configs/uec.py',
+       f'--workdir={tmp_path / "run"}',
+       '--config.optimizer.decay_stpes=(5,)'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert 'Did you mean "decay_steps" instead of "decay_stpes"?' in (
+      result.stderr)
+  assert not (tmp_path / 'run').exists()  # Nothing started.

@@ -27,7 +27,7 @@ Types used throughout:
 
 Evaluation: each name in `config.eval.protocols` is one of the method's own
 `Task.protocols` or a shared protocol (`expcorr_jax.protocols`: 'full',
-'enc_fecnet'). A `Protocol` prepares a pair for the model (resizing, the
+'enc_fecnet', 'edges', 'full_experts'). A `Protocol` prepares a pair for the model (resizing, the
 reference) and says how the float output becomes uint8 and how it is
 scored; the method supplies only `Task.correct`.
 
@@ -77,11 +77,27 @@ class PreparedPair:
     shown_input: uint8 HxWx3, the input as scored for the identity baseline
       and shown in the image grid.
     target: uint8, the ground truth at the size of the output.
+    other_targets: (name, uint8 image) of further ground truths the output
+      is also scored against (a protocol with `target_names`, e.g. MSEC's
+      five experts), each at the size of the output; empty otherwise.
   """
   model_input: np.ndarray
   reference: np.ndarray | None
   shown_input: np.ndarray
   target: np.ndarray
+  other_targets: tuple[tuple[str, np.ndarray], ...] = ()
+
+
+class ScoredImages(NamedTuple):
+  """The uint8 images one pair is scored on under one protocol.
+
+  `shown_input` (the identity baseline), `output` and `target` share a size;
+  `other_targets` as `PreparedPair.other_targets`.
+  """
+  shown_input: np.ndarray
+  output: np.ndarray
+  target: np.ndarray
+  other_targets: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +114,15 @@ class Protocol:
       the rounded BT.601 luma).
     lpips: whether to compute LPIPS-VGG (costly on a CPU).
     description: one line for reports and the README.
+    extra_metrics: (uint8 output, uint8 target) -> {name: value} for
+      `extra_metric_names`, computed besides PSNR / SSIM (e.g. the edge
+      metrics), for the output and for the identity baseline; None: none.
+    extra_metric_names: the names `extra_metrics` returns, in report order.
+    target_names: for a protocol scoring each output against several ground
+      truths (`PreparedPair.other_targets`): the name of `target` first,
+      then the others'. PSNR and SSIM are then the means over all of them,
+      and each one's own figures are reported as `psnr_<name>` /
+      `ssim_<name>`. Empty: one target.
   """
   name: str
   prepare: Callable[[Any, np.ndarray | None], PreparedPair]
@@ -105,6 +130,10 @@ class Protocol:
   ssim_color: str = 'rgb'
   lpips: bool = False
   description: str = ''
+  extra_metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = (
+      None)
+  extra_metric_names: tuple[str, ...] = ()
+  target_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,7 +83,8 @@ def init_params(model: recnet.RECNet, rng: jax.Array) -> Any:
 
 def make_train_loader(config, train_source, **loader_kwargs):
   return input_pipeline.paired_train_loader(
-      input_pipeline.as_pairs(train_source, config.data.name),
+      input_pipeline.as_pairs(train_source, config.data.name,
+                              config.data.target_ev),
       crop_size=config.data.crop_size, flip=config.data.flip,
       channel_permute=config.data.channel_permute, **loader_kwargs)
 
