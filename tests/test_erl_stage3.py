@@ -79,13 +79,13 @@ def _batch(keys, batch=4, size=32, seed=0):
 def test_configs_default_off_and_the_erl_argument_switches_it_on():
   for name in ('uec', 'recnet'):
     base, on = _config(name, 'runlocal'), _config(name, 'runlocal,erl')
-    assert 'regulariser' not in base and on.regulariser.name == 'erl'
+    assert base.regulariser is None and on.regulariser.name == 'erl'
     assert (on.regulariser.weight == 0.1 and
             on.regulariser.batch_attention == 'global')
     assert on.regulariser.bcm_workdir is None
     # Nothing but the switch differs.
     on = on.to_dict()
-    del on['regulariser']
+    on['regulariser'] = None
     assert on == base.to_dict()
     assert _config(name, 'erl').to_dict()['regulariser'] == (
         _config(name, 'runlocal,erl').to_dict()['regulariser'])

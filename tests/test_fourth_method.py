@@ -27,6 +27,7 @@ from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax import tasks
 from expcorr_jax import train
+from expcorr_jax.metrics import image_quality
 
 # The whole method: what a user's three files would hold (network, task,
 # config), here in one module for brevity.
@@ -41,7 +42,6 @@ from PIL import Image
 
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
-from expcorr_jax.metrics import image_quality
 from expcorr_jax.tasks import contract
 
 
