@@ -22,6 +22,30 @@ import orbax.checkpoint as ocp
 CHECKPOINT_SUBDIR = 'checkpoints'
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (disk full, no permission...)."""
+
+
+def check_finite(params: Any, source: str) -> None:
+  """Raises ValueError naming `source` and the first NaN / infinite leaf.
+
+  Args:
+    params: a pytree of arrays (numpy or JAX).
+    source: what holds them, for the message (a file or step folder).
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if not hasattr(leaf, 'dtype') or not np.issubdtype(leaf.dtype,
+                                                       np.floating):
+      continue
+    if not bool(np.all(np.isfinite(np.asarray(jax.device_get(leaf))))):
+      raise ValueError(
+          f'{source} holds NaN or infinite weights at '
+          f'{jax.tree_util.keystr(path)}: the checkpoint is corrupt or its '
+          'training diverged, and every output would be garbage. Use an '
+          'earlier step folder (for training: move this step folder away '
+          'and rerun to resume from the one before), or retrain.')
+
+
 def create_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -32,12 +56,29 @@ def create_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iterator: Any, config: ml_collections.ConfigDict) -> None:
-  """Saves the train state, data-iterator state and config at `step`."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
-  manager.wait_until_finished()
+  """Saves the train state, data-iterator state and config at `step`.
+
+  Raises:
+    CheckpointSaveError: the write failed (e.g. disk full, read-only
+      directory). The message names the directory and the cause; the
+      steps saved before stay complete and restorable (orbax writes into a
+      temporary folder and renames it only once the whole step is written).
+  """
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        config=ocp.args.JsonSave(config.to_dict())), force=True)
+    manager.wait_until_finished()
+  except OSError as e:
+    last = manager.latest_step()
+    raise CheckpointSaveError(
+        e.errno, f'Could not save checkpoint {step} in {manager.directory}: '
+        f'{e.strerror or e}. '
+        + (f'The last good checkpoint, step {last}, is intact; a rerun of '
+           'the same command resumes from it' if last is not None else
+           'No earlier checkpoint exists')
+        + ' once the disk has room / the directory is writable.') from e
   logging.info('Saved checkpoint at step %d in %s.', step, manager.directory)
 
 
@@ -67,6 +108,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f'Checkpoint {step} in {manager.directory} does not fit this config '
         f'({type(e).__name__}: {e}). Use a fresh --workdir, or the config '
         'the checkpoint was trained with (saved beside it as config).') from e
+  check_finite(restored.state.params, os.path.join(
+      os.fspath(manager.directory), str(step)))
   logging.info('Restored checkpoint at step %d from %s.', step,
                manager.directory)
   return step, restored.state
@@ -141,4 +184,5 @@ def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
       config=ocp.args.JsonRestore()))
   manager.close()
   params = jax.tree.map(np.asarray, restored.state['params'])
+  check_finite(params, os.path.join(directory, str(step)))
   return params, dict(restored.config), step

@@ -106,6 +106,7 @@ def load_checkpoint(config: ml_collections.ConfigDict, path: str
     if not os.path.isfile(path):
       raise FileNotFoundError(f'No checkpoint file {path}.')
     params, fields = task.inference.load_official(path)
+    checkpointing.check_finite(params, path)
     saved = {f'model_{name}': value for name, value in fields.items()}
     facts = {'checkpoint': path}
   else:

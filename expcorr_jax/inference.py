@@ -103,19 +103,6 @@ def _check_params(task: contract.Task, module: nn.Module, params: Any) -> None:
         f'{missing}, unexpected {extra}, wrong shapes {wrong}.')
 
 
-def _check_finite(params: Any) -> None:
-  """Raises ValueError naming the first weights that are NaN or infinite."""
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    values = np.asarray(leaf)
-    if (np.issubdtype(values.dtype, np.floating) and
-        not np.all(np.isfinite(values))):
-      raise ValueError(
-          f'The params hold NaN or infinite weights at '
-          f'{jax.tree_util.keystr(path)}: the checkpoint is corrupt or its '
-          'training diverged, and every output would be garbage. Use an '
-          'earlier checkpoint (a step folder) or retrain.')
-
-
 def _is_shape(x: Any) -> bool:
   return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
@@ -177,7 +164,7 @@ class Corrector:
       raise ValueError(f'A {type(model).__name__} is not a '
                        f'{self.model_name!r} network ({module_type.__name__}).')
     _check_params(self._task, model, params)
-    _check_finite(params)
+    checkpointing.check_finite(params, 'The params')
     self.model = model
     self.params = jax.device_put(params)
     self.needs_reference = self._task.needs_reference
@@ -212,6 +199,7 @@ class Corrector:
         raise ValueError(f'{model!r} has no official weights to read from '
                          f'{path}; give a training workdir instead.')
       params, fields = hooks.load_official(path)
+      checkpointing.check_finite(params, path)
       config = {f'model_{k}': v for k, v in fields.items()}
     else:
       if not os.path.exists(path):

@@ -239,5 +239,6 @@ def test_non_finite_weights_are_refused_by_name(workdir, tmp_path):
   checkpoint_writer.write_params_checkpoint(
       broken, params, {'model': 'uec', 'model_encoder_height': ENCODER_HEIGHT},
       step=5)
-  with pytest.raises(ValueError, match='NaN or infinite weights'):
+  with pytest.raises(ValueError, match=r'diverged/checkpoints/5 holds NaN or '
+                     r"infinite weights at \['predictor'\]\['fc4'\]"):
     inference.Corrector.from_checkpoint(broken)

@@ -126,3 +126,14 @@ def test_cli_corrects_with_an_official_layout_pth_of_another_width(
     assert written.dtype == (np.uint16 if bits == 16 else np.uint8)
   with pytest.raises(app.UsageError, match='recnet takes no reference'):
     correct.run(args + [f'--reference={photos / "a.png"}'])
+
+
+def test_a_pth_with_a_nan_weight_is_refused_naming_file_and_weight(tmp_path):
+  state = random_state_dict(**SMALL)
+  name = next(key for key in state if key.endswith('.bias'))
+  state[name] = state[name].copy()
+  state[name][0] = np.nan
+  path = pth_writer.write_state_dict(tmp_path / 'diverged.pth', state)
+  with pytest.raises(ValueError, match=r'diverged\.pth holds NaN or infinite '
+                     r'weights at \['):
+    inference.Corrector.from_checkpoint(path, model='recnet')
