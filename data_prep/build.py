@@ -67,8 +67,8 @@ def _expand(path: str | os.PathLike[str] | None) -> str | None:
   return None if path is None else os.path.expanduser(os.fspath(path))
 
 
-def get_builder(name: str, data_dir: str | os.PathLike[str] | None
-                ) -> tfds.core.DatasetBuilder:
+def get_builder(name: str, data_dir: str | os.PathLike[str] | None,
+                **builder_kwargs) -> tfds.core.DatasetBuilder:
   """The builder of `name` ('msec', 'multi_exposure/raw', ...) in data_dir.
 
   Raises:
@@ -81,7 +81,7 @@ def get_builder(name: str, data_dir: str | os.PathLike[str] | None
                      'lol/<config>).')
   try:
     return tfds.builder(name, data_dir=_expand(data_dir),
-                        file_format=FILE_FORMAT)
+                        file_format=FILE_FORMAT, **builder_kwargs)
   except ValueError as e:
     configs = [c.name for c in multi_exposure.MultiExposure.BUILDER_CONFIGS]
     raise ValueError(
@@ -114,16 +114,23 @@ def _remove_incomplete(builder: tfds.core.DatasetBuilder) -> None:
 
 
 def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
-                    manual_dir: str | os.PathLike[str] | None = None) -> None:
+                    manual_dir: str | os.PathLike[str] | None = None, *,
+                    allow_incomplete: bool = False) -> None:
   """Builds dataset `name` in `data_dir` unless it is already prepared.
+
+  Every source image is decoded once while building; unusable ones are left
+  out of train / validation splits and fail a test split
+  (`datasets/file_checks.py`).
 
   Args:
     name: 'multi_exposure/sample', 'msec', ... .
     data_dir: the TFDS data dir; None means TFDS's default.
     manual_dir: where the source files are (not needed for the sample);
       None means TFDS's default, `<data_dir>/downloads/manual`.
+    allow_incomplete: build even if targets are missing or a test split has
+      bad files, leaving those examples out and recording them (`omissions`).
   """
-  builder = get_builder(name, data_dir)
+  builder = get_builder(name, data_dir, allow_incomplete=allow_incomplete)
   if builder.is_prepared():
     return
   with _build_lock(builder):
@@ -163,6 +170,19 @@ def data_source(name: str, split: str,
                           download=False)
 
 
+def omissions(name: str, split: str,
+              data_dir: str | os.PathLike[str] | None) -> list[dict]:
+  """The examples the build of a prepared dataset left out of `split`.
+
+  Each is {'split', 'example', 'reason'} (from the dataset's metadata.json);
+  evaluation reports repeat them, since figures on a smaller test set are
+  not comparable with published ones.
+  """
+  metadata = get_builder(name, data_dir).info.metadata or {}
+  return [dict(item) for item in metadata.get('left_out', ())
+          if item.get('split') == split]
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
   """Defines the CLI's flags; not at import, so importing never clashes."""
   flags.DEFINE_string('dataset', None, 'e.g. multi_exposure/sample, msec.',
@@ -172,6 +192,11 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string('manual_dir', None,
                       'Folder with the source files (RAWs, MSEC, ...).',
                       flag_values=flag_values)
+  flags.DEFINE_bool('allow_incomplete', False, 'Build even if targets are '
+                    'missing or the test split has unusable files: leave '
+                    'them out and record them in the dataset\'s '
+                    'metadata.json and in every evaluation report.',
+                    flag_values=flag_values)
 
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
@@ -181,8 +206,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   if not flag_values.dataset:
     raise app.UsageError('--dataset is required, e.g. '
                          '--dataset=multi_exposure/sample.')
-  ensure_prepared(flag_values.dataset, flag_values.data_dir,
-                  flag_values.manual_dir)
+  try:
+    ensure_prepared(flag_values.dataset, flag_values.data_dir,
+                    flag_values.manual_dir,
+                    allow_incomplete=flag_values.allow_incomplete)
+  except (FileNotFoundError, ValueError) as e:
+    raise app.UsageError(str(e)) from e
   builder = get_builder(flag_values.dataset, flag_values.data_dir)
   splits = ', '.join(f'{split}: {info.num_examples}'
                      for split, info in builder.info.splits.items())

@@ -5,6 +5,19 @@ Pillow handles JPEG, 8-bit PNG and EXIF orientation, but it cannot write a
 field's standard image I/O library) handles 16-bit PNG and TIFF, so 16-bit
 data goes through it; everything else goes through Pillow. Arrays are always
 RGB, HxWx3, uint8 or uint16.
+
+`decode_image` is the project's one image normalisation: the builders, the
+training pipeline, evaluation, the correct CLI and every image read go
+through it, so an unusual file is converted the same way everywhere:
+  - grayscale (8 or 16 bit): the gray value copied to R, G and B;
+  - RGBA / LA: the alpha channel dropped (not composited);
+  - palette (P) and CMYK: converted to RGB by Pillow;
+  - EXIF orientation applied (as viewers show the photo);
+  - 16-bit PNG / TIFF kept as uint16 (Pillow would truncate them).
+Images whose header claims more pixels than the cap (`max_pixels`, the
+`EXPCORR_MAX_PIXELS` environment variable, 250 million by default, about
+0.75 GB decoded) are refused before any pixel is decoded, so a hostile or
+broken header cannot exhaust memory.
 """
 
 import io
@@ -17,12 +30,54 @@ from PIL import ImageOps
 
 cv2.setNumThreads(1)  # Decoding runs in data-loader workers: stay single-threaded.
 
-# Pillow's guard against decompression bombs is far below a 100 MP photo.
+# Pillow's own guard against decompression bombs is far below a 100 MP
+# photo; `max_pixels` is the project's cap, checked first.
 Image.MAX_IMAGE_PIXELS = 1 << 30
+
+MAX_PIXELS_ENV = 'EXPCORR_MAX_PIXELS'
+DEFAULT_MAX_PIXELS = 250_000_000
 
 
 class ImageDecodeError(Exception):
   """Bytes or a file could not be decoded as an image."""
+
+
+def max_pixels() -> int:
+  """The pixel cap: $EXPCORR_MAX_PIXELS, else `DEFAULT_MAX_PIXELS`."""
+  value = os.environ.get(MAX_PIXELS_ENV)
+  if value is None:
+    return DEFAULT_MAX_PIXELS
+  try:
+    cap = int(value)
+  except ValueError:
+    cap = 0
+  if cap <= 0:
+    raise ValueError(f'{MAX_PIXELS_ENV}={value!r} must be a positive integer '
+                     '(the largest number of pixels an image may have).')
+  return cap
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+  """(width, height) from an image's header, decoding no pixel; None if the
+  header is not one Pillow (or, for PNG, this function) can read."""
+  if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24:
+    return (int.from_bytes(data[16:20], 'big'),
+            int.from_bytes(data[20:24], 'big'))
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return image.size
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _check_pixel_cap(data: bytes) -> None:
+  size = header_size(data)
+  cap = max_pixels()
+  if size is not None and size[0] * size[1] > cap:
+    raise ImageDecodeError(
+        f'its header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} '
+        f'pixels, over the cap of {cap:,}; refused before decoding. If the '
+        f'image is genuine, raise the cap: {MAX_PIXELS_ENV}=<pixels>.')
 
 
 def _as_rgb(array: np.ndarray) -> np.ndarray:
@@ -93,8 +148,12 @@ def decode_image(data: bytes, *, honour_exif: bool = True) -> np.ndarray:
     honour_exif: rotate/flip as the EXIF orientation tag says, as viewers do.
 
   Raises:
-    ImageDecodeError: the bytes are not a decodable image.
+    ImageDecodeError: the bytes are empty, not a decodable image, or claim
+      more pixels than `max_pixels()`.
   """
+  if not data:
+    raise ImageDecodeError('the file is empty (0 bytes).')
+  _check_pixel_cap(data)
   if _is_high_bit_depth(data):
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8),
                            cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)

@@ -231,9 +231,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
       config.data.name.replace('/', '-'), config.data.eval_split))
   table = reports.format_table(report)
   if jax.process_index() == 0:
+    omissions = train.dataset_omissions(config)
     reports.write_report(report, f'{stem}.json', model=config.model,
-                            dataset=config.data.name,
-                            split=config.data.eval_split, **facts)
+                         dataset=config.data.name,
+                         split=config.data.eval_split, **facts, **omissions)
+    if omissions:
+      table = (f'NOTE: the {config.data.eval_split} split was built without '
+               f'{len(omissions["dataset_omissions"])} example(s) (see the '
+               'JSON\'s dataset_omissions); not comparable with results on '
+               'the full split.\n' + table)
     reports.write_csv(rows, f'{stem}.csv')
     with open(f'{stem}.txt', 'w') as f:
       f.write(table + '\n')

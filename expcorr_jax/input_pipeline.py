@@ -134,15 +134,20 @@ class SequencePairsSource(grain.sources.RandomAccessDataSource):
             'ev_tag': tag, 'ev': evs[frame]}
 
 
-def _match_size(target: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """Resizes a target to the input's size (some datasets store them apart)."""
-  if target.shape == shape:
-    return target
-  if target.dtype != np.uint8:
-    raise ValueError(f'Target of shape {target.shape} does not match its input '
-                     f'{shape}, and only 8-bit targets can be resized.')
-  return np.asarray(Image.fromarray(target).resize((shape[1], shape[0]),
-                                                   Image.BICUBIC))
+def _match_size(target: np.ndarray, shape: tuple[int, ...],
+                name: str = '') -> np.ndarray:
+  """The target, checked to have its input's size (never stretched).
+
+  The builders leave mismatched pairs out, so this fails only on a dataset
+  built by an older version or by other code.
+  """
+  if target.shape[:2] != shape[:2]:
+    raise ValueError(
+        f'Pair {name!r}: its target is {target.shape[1]}x{target.shape[0]} '
+        f'but its input is {shape[1]}x{shape[0]} after decoding; a pair is '
+        'never stretched to fit. Rebuild the dataset (python -m '
+        'data_prep.build), which reports and leaves out such pairs.')
+  return target
 
 
 def as_pairs(source, dataset_name: str, target_ev: float = 0.0):
@@ -169,7 +174,8 @@ class PairedSample(grain.transforms.RandomMap):
 
   def random_map(self, record, rng: np.random.Generator) -> dict[str, Any]:
     image_in = decode(record['input'])
-    target = _match_size(decode(record['target']), image_in.shape)
+    target = _match_size(decode(record['target']), image_in.shape,
+                         text(record['name']))
     image_in, target = crop_and_flip([image_in, target], rng, self.crop_size,
                                      self.flip)
     if self.channel_permute:
@@ -243,7 +249,7 @@ class EvalPair:
 
 def decode_other_target(pair: EvalPair, data: bytes) -> np.ndarray:
   """One of `pair.other_targets`, decoded to the input's size."""
-  return _match_size(decode(data), pair.input.shape)
+  return _match_size(decode(data), pair.input.shape, pair.name)
 
 
 def num_eval_pairs(pairs_source, limit: int | None = None) -> int:
@@ -260,7 +266,8 @@ def read_eval_pair(pairs_source, index: int) -> EvalPair:
                      record.get('other_targets', ())))
   return EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
                   input=image_in,
-                  target=_match_size(decode(record['target']), image_in.shape),
+                  target=_match_size(decode(record['target']), image_in.shape,
+                                     text(record['name'])),
                   other_targets=others)
 
 

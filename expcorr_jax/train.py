@@ -294,8 +294,9 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
   path = os.path.join(workdir, f'eval_step_{step}.json')
   if jax.process_index() == 0:
     reports.write_report(report, path, step=step, model=config.model,
-                            dataset=config.data.name,
-                            split=config.data.eval_split)
+                         dataset=config.data.name,
+                         split=config.data.eval_split,
+                         **dataset_omissions(config))
   logging.info('Evaluation at step %d (%.1fs), written to %s:\n%s', step,
                time.time() - start, path, reports.format_table(report))
   scalars = {}
@@ -357,6 +358,26 @@ def eval_pairs(config: ml_collections.ConfigDict):
       build.data_source(config.data.name, config.data.eval_split,
                         config.data.data_dir),
       config.data.name, config.data.target_ev)
+
+
+def dataset_omissions(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'dataset_omissions': [...]} if the evaluated split's build left out
+  examples (`data_prep.build.omissions`), else {}; logged as a warning.
+
+  Reports carry them: figures on a smaller test set are not comparable with
+  published ones.
+  """
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  omitted = build.omissions(config.data.name, config.data.eval_split,
+                            config.data.data_dir)
+  if not omitted:
+    return {}
+  logging.warning(
+      'The %s split of %s was built without %d example(s) (recorded in the '
+      'report as dataset_omissions): the figures are not comparable with '
+      'results on the full split.', config.data.eval_split, config.data.name,
+      len(omitted))
+  return {'dataset_omissions': omitted}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

@@ -566,18 +566,17 @@ def test_iterate_eval_pairs_is_ordered_and_full_resolution():
   assert len(list(input_pipeline.iterate_eval_pairs(pairs, limit=99))) == 6
 
 
-def test_eval_pairs_resize_8_bit_targets_only():
+def test_a_target_of_another_size_is_named_not_stretched():
   record = paired_records(1)[0]
   small = np.random.default_rng(0).integers(0, 256, (6, 8, 3), np.uint8)
   record['target'] = image_codec.encode_png(small)
-  (pair,) = input_pipeline.iterate_eval_pairs([record])
-  assert (pair.name, pair.ev_tag) == ('pair0_N1.5', 'N1.5')
-  np.testing.assert_array_equal(pair.input, frame_image(0, 0))
-  np.testing.assert_array_equal(pair.target, np.asarray(
-      Image.fromarray(small).resize((WIDTH, HEIGHT), Image.BICUBIC)))
-  record['target'] = image_codec.encode_png(small.astype(np.uint16) * 257)
-  with pytest.raises(ValueError, match='only 8-bit targets'):
+  with pytest.raises(ValueError, match=r"Pair 'pair0_N1\.5': its target is "
+                     r'8x6 but its input is \d+x\d+ after decoding; a pair '
+                     'is never stretched'):
     list(input_pipeline.iterate_eval_pairs([record]))
+  loader = input_pipeline.PairedSample(crop_size=None, flip=False)
+  with pytest.raises(ValueError, match='never stretched'):
+    loader.random_map(record, np.random.default_rng(0))
 
 
 # End to end through the real TFDS dataset.

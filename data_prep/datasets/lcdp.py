@@ -65,11 +65,11 @@ class Lcdp(paired.PairedBuilder):
         target_path = targets.get(stem)
         if target_path is None:
           missing.append(paired.MissingTarget(
-              f'{target_label}/{stem}.*', input_label))
+              f'{target_label}/{stem}.*', input_label, split))
           continue
         pairs.append(paired.Pair(
             key=input_label, name=stem, scene=stem, input_path=input_path,
             target_path=target_path))
       splits[split] = pairs
-    paired.raise_if_missing('lcdp', root, missing)
+    self._report_missing(root, missing)
     return splits

@@ -103,11 +103,12 @@ class Lol(paired.PairedBuilder):
         target_path = _target_for(stem, targets)
         if target_path is None:
           missing.append(paired.MissingTarget(
-              f'{paired.relative(target_dir, root)}/{stem}.*', input_label))
+              f'{paired.relative(target_dir, root)}/{stem}.*', input_label,
+              split))
           continue
         pairs.append(paired.Pair(
             key=input_label, name=stem, scene=stem, input_path=input_path,
             target_path=target_path, ev_tag='low'))
       splits[split] = pairs
-    paired.raise_if_missing(f'lol/{config}', root, missing)
+    self._report_missing(root, missing)
     return splits

@@ -98,15 +98,16 @@ class Msec(paired.PairedBuilder):
         target_path = targets.get(scene)
         if target_path is None:
           missing.append(paired.MissingTarget(
-              f'{target_label}/{scene}.*', input_label))
+              f'{target_label}/{scene}.*', input_label, split))
         other_targets = []
         for name, (folder, images) in others.items():
           if scene in images:
             other_targets.append((name, images[scene]))
           else:
             missing.append(paired.MissingTarget(
-                f'{paired.relative(folder, root)}/{scene}.*', input_label))
-        if target_path is not None:
+                f'{paired.relative(folder, root)}/{scene}.*', input_label,
+                split))
+        if target_path is not None and len(other_targets) == len(others):
           pairs.append(paired.Pair(
               key=input_label, name=stem, scene=scene, input_path=input_path,
               target_path=target_path, ev_tag=tag, ev=ev_tags.tag_to_ev(tag),
@@ -118,6 +119,6 @@ class Msec(paired.PairedBuilder):
           '<scene>_<tag> with an exposure tag (N1.5, N1, 0, P1, P1.5) after '
           f'the last underscore: {manual_layout.describe_list(bad_names)}. '
           'Rename or remove them.')
-    paired.raise_if_missing('msec', root, missing)
+    self._report_missing(root, missing)
     return splits
 

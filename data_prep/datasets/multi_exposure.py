@@ -53,6 +53,7 @@ from data_prep import raw_render
 from data_prep import render_raw
 from data_prep import sample_scenes
 from data_prep import camera_tags
+from data_prep.datasets import file_checks
 from data_prep.datasets import rendered_layout
 from data_prep.datasets import scene_split
 
@@ -198,10 +199,17 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
       'UEC radiometry folder ({neg3,neg2,neg1,0,pos1,pos2,pos3}/<name>) '
       "there. Config 'sample' needs nothing.")
 
+  def __init__(self, *, allow_incomplete: bool = False, **kwargs):
+    """`allow_incomplete` is accepted for a uniform build API; these
+    datasets have no test split, so unusable scenes are always left out."""
+    del allow_incomplete
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=multi_exposure_features())
+        features=multi_exposure_features(),
+        metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
@@ -279,7 +287,23 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     scenes = rendered_layout.find_sequences(manual_dir, evs=config.evs)
     split_of = scene_split.assign_splits(
         [s.scene for s in scenes], config.validation_fraction)
-    return self._group(scenes, split_of)
+    omissions = file_checks.Omissions(f'multi_exposure/{config.name}',
+                                      allow_incomplete=False)
+    sizes = file_checks.decode_all(
+        path for scene in scenes for _, path in scene.frames)
+    usable = []
+    for scene in scenes:
+      reason = rendered_layout.scene_problem(scene, sizes)
+      if reason is None:
+        usable.append(scene)
+      else:
+        omissions.add(split_of[scene.scene], scene.scene, reason)
+    kept: dict[str, int] = {}
+    for scene in usable:
+      kept[split_of[scene.scene]] = kept.get(split_of[scene.scene], 0) + 1
+    omissions.finish(kept)
+    self.info.metadata.update(omissions.metadata())
+    return self._group(usable, split_of)
 
   def _generate_examples(self, scenes: Sequence[Any]
                          ) -> Iterator[tuple[str, dict[str, Any]]]:

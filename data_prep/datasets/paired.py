@@ -18,7 +18,10 @@ Features:
 
 Every input must have its target: a build fails, naming the missing target
 files, rather than silently dropping inputs (a quietly smaller test set makes
-results incomparable with published ones).
+results incomparable with published ones); with `allow_incomplete` the inputs
+are left out and recorded instead. Every file is also decoded once while
+building (`file_checks`): unusable files and size mismatches are left out of
+train / validation and fail a test split (see `file_checks` for the policy).
 """
 
 import dataclasses
@@ -30,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_prep.datasets import file_checks
 from data_prep.datasets import manual_layout
 
 VERSION = tfds.core.Version('1.0.0')
@@ -93,6 +97,7 @@ class MissingTarget:
   """A target file that an input needs but the layout lacks."""
   expected: str  # e.g. 'training/GT_IMAGES/a0001.*'
   needed_by: str  # e.g. 'training/INPUT_IMAGES/a0001_N1.5.JPG'
+  split: str = ''
 
 
 def raise_if_missing(dataset: str, root: pathlib.Path,
@@ -115,12 +120,32 @@ def raise_if_missing(dataset: str, root: pathlib.Path,
       f'needed by {len(missing)} input(s): '
       f'{manual_layout.describe_list(described)}. Fix: copy the missing target '
       'files in (any image extension; the name must match), or delete the '
-      'inputs that need them, then rebuild.')
+      'inputs that need them, then rebuild; or build anyway with '
+      '--allow_incomplete, which leaves those inputs out and records them.')
 
 
 def relative(path: pathlib.Path, root: pathlib.Path) -> str:
   """`path` below `root`, with '/' separators, for keys and messages."""
   return pathlib.Path(os.path.relpath(path, root)).as_posix()
+
+
+def _pair_problem(pair: Pair, sizes: dict, root: pathlib.Path) -> str | None:
+  """Why `pair` cannot be used (None if it can): unusable or mismatched."""
+  targets = [('target', pair.target_path)] + [
+      (name, path) for name, path in pair.other_targets]
+  for what, path in targets:
+    if isinstance(sizes[path], str):
+      return f'its {what} {relative(path, root)} is unusable: {sizes[path]}'
+  if isinstance(sizes[pair.input_path], str):
+    return f'unusable: {sizes[pair.input_path]}'
+  height, width = sizes[pair.input_path]
+  for what, path in targets:
+    if sizes[path] != (height, width):
+      other_height, other_width = sizes[path]
+      return (f'the input is {width}x{height} but its {what} '
+              f'{relative(path, root)} is {other_width}x{other_height} '
+              '(after EXIF orientation); a pair is never stretched to fit')
+  return None
 
 
 class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -134,9 +159,30 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = RELEASE_NOTES
   _EXPECTED_LAYOUT = ''
 
+  def __init__(self, *, allow_incomplete: bool = False, **kwargs):
+    """`allow_incomplete`: build even with missing targets or a bad test
+    split, leaving those examples out and recording them."""
+    self._allow_incomplete = allow_incomplete
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__, features=paired_features())
+        builder=self, description=self.__doc__, features=paired_features(),
+        metadata=tfds.core.MetadataDict())
+
+  @property
+  def _label(self) -> str:
+    config = self.builder_config
+    return self.name if config is None else f'{self.name}/{config.name}'
+
+  def _report_missing(self, root: pathlib.Path,
+                      missing: list[MissingTarget]) -> None:
+    """Fails naming the missing targets, or records them when allowed."""
+    if not self._allow_incomplete:
+      raise_if_missing(self._label, root, missing)
+    for item in missing:
+      self._omissions.add(item.split, item.needed_by,
+                          f'its target {item.expected} is missing')
 
   def _is_layout_root(self, folder: pathlib.Path) -> bool:
     raise NotImplementedError
@@ -150,14 +196,37 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = manual_layout.find_layout_root(
         manual_dir, self._is_layout_root, dataset=self.name,
         expected=self._EXPECTED_LAYOUT)
+    self._omissions = file_checks.Omissions(self._label,
+                                            self._allow_incomplete)
     splits = {split: pairs for split, pairs in self._scan_pairs(root).items()
               if pairs}
     if not splits:
       raise FileNotFoundError(
           f'{self.name}: the layout at {root} holds no input images. '
           f'Expected: {self._EXPECTED_LAYOUT}.')
+    splits = self._screen(root, splits)
     return {split: self._generate_examples(pairs)
-            for split, pairs in splits.items()}
+            for split, pairs in splits.items() if pairs}
+
+  def _screen(self, root: pathlib.Path, splits: dict[str, list[Pair]]
+              ) -> dict[str, list[Pair]]:
+    """Decodes every file once; keeps the usable pairs (`file_checks`)."""
+    sizes = file_checks.decode_all(
+        path for pairs in splits.values() for pair in pairs
+        for path in (pair.input_path, pair.target_path,
+                     *(p for _, p in pair.other_targets)))
+    kept = {}
+    for split, pairs in splits.items():
+      kept[split] = []
+      for pair in pairs:
+        reason = _pair_problem(pair, sizes, root)
+        if reason is None:
+          kept[split].append(pair)
+        else:
+          self._omissions.add(split, pair.key, reason)
+    self._omissions.finish({split: len(p) for split, p in kept.items()})
+    self.info.metadata.update(self._omissions.metadata())
+    return kept
 
   def _generate_examples(self, pairs: list[Pair]
                          ) -> Iterator[tuple[str, dict[str, Any]]]:

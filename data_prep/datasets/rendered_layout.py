@@ -62,6 +62,20 @@ class RenderedScene:
     }
 
 
+def scene_problem(scene: RenderedScene, sizes: dict) -> str | None:
+  """Why a scene cannot be used, given `file_checks.decode_all`'s results of
+  its frames (None if it can): an unusable frame, or frames of other sizes."""
+  for _, path in scene.frames:
+    if isinstance(sizes[path], str):
+      return f'frame {path.parent.name}/{path.name} is unusable: {sizes[path]}'
+  found = {sizes[path] for _, path in scene.frames}
+  if len(found) > 1:
+    return 'its frames differ in size after decoding: ' + ', '.join(
+        f'{path.parent.name}/{path.name} {sizes[path][1]}x{sizes[path][0]}'
+        for _, path in scene.frames)
+  return None
+
+
 def image_size(path: pathlib.Path) -> tuple[int, int]:
   """(height, width) as decoded, after EXIF orientation; reads the header."""
   with Image.open(path) as image:

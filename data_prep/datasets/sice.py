@@ -61,11 +61,11 @@ class Sice(paired.PairedBuilder):
           target_path = targets.get(stem)
           if target_path is None:
             missing.append(paired.MissingTarget(
-                f'{target_label}/{stem}.*', input_label))
+                f'{target_label}/{stem}.*', input_label, split))
             continue
           pairs.append(paired.Pair(
               key=input_label, name=stem, scene=stem, input_path=input_path,
               target_path=target_path, ev_tag=tag))
       splits[split] = pairs
-    paired.raise_if_missing('sice', root, missing)
+    self._report_missing(root, missing)
     return splits
