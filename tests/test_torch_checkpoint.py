@@ -225,3 +225,42 @@ def test_expanding_a_small_storage_past_the_cap_is_refused(tmp_path):
       {'0': np.full(1, 2.0, np.float32).tobytes()})
   np.testing.assert_array_equal(unpickling.load_state_dict(path)['w'],
                                 [2.0, 2.0, 2.0])
+
+
+def test_storage_sizes_are_checked_before_reading(tmp_path):
+  # The pickle says one float32 element; the member declares 40 MB.
+  items = [('w', pth_writer.tensor('0', np.float32, 1, 0, (1,), (1,)))]
+  path = pth_writer.write_zip(
+      tmp_path / 'long.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
+      {'0': bytes(40_000_000)})
+  with pytest.raises(CheckpointFormatError,
+                     match=r'archive/data/0 declares 40000000 bytes, but its '
+                     r'tensors need 4'):
+    unpickling.load_state_dict(path)
+  # A storage claimed larger than the cap is refused without reading it.
+  items = [('w', pth_writer.tensor('0', np.float32, (1 << 30) + 1, 0, (1,),
+                                   (1,)))]
+  path = pth_writer.write_zip(
+      tmp_path / 'huge.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
+      {'0': bytes(4)})
+  with pytest.raises(UnsafeCheckpointError,
+                     match=r'would hold 4294967300 bytes, over the'):
+    unpickling.load_state_dict(path)
+
+
+def test_a_member_inflating_past_its_declared_size_reads_only_that(tmp_path):
+  """A deflated member whose stream inflates to 64 MB but whose headers
+  declare 4 bytes: only 4 bytes are ever produced, then the CRC fails."""
+  items = [('w', pth_writer.tensor('0', np.float32, 1, 0, (1,), (1,)))]
+  path = tmp_path / 'inflating.pth'
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr('archive/data.pkl',
+                     pth_writer.pickle(pth_writer.ordered_dict(items)))
+    archive.writestr('archive/data/0', bytes(64 << 20))
+  data = bytearray(path.read_bytes())
+  big = (64 << 20).to_bytes(4, 'little')
+  count = data.count(big)
+  assert count == 2  # Local header and central directory.
+  path.write_bytes(bytes(data).replace(big, (4).to_bytes(4, 'little')))
+  with pytest.raises(CheckpointFormatError, match='archive/data/0 is corrupt'):
+    unpickling.load_state_dict(path)

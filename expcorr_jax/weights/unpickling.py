@@ -91,6 +91,45 @@ class _AllowListUnpickler(pickle.Unpickler):
 # `torch.save` keeps an expanded tensor) up to this many bytes; a larger
 # expansion of a small storage is refused before it is allocated.
 _MAX_EXPANDED_TENSOR_BYTES = 1 << 28
+# No storage (and no data.pkl) larger than this is read at all: the official
+# checkpoints are well under 1 MB, the largest plausible ones a few GB.
+_MAX_STORAGE_BYTES = 1 << 32
+_MAX_PICKLE_BYTES = 1 << 26
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, expected: int | None,
+                 path: str) -> bytes:
+  """A zip member's bytes, refusing (before reading) one whose declared size
+  is not `expected` (when given) or exceeds the caps; reads at most the
+  declared size, so a member that inflates further cannot exhaust memory."""
+  try:
+    info = archive.getinfo(member)
+  except KeyError as e:
+    raise CheckpointFormatError(
+        f'{path}: {member} is missing from the archive') from e
+  cap = _MAX_STORAGE_BYTES if expected is not None else _MAX_PICKLE_BYTES
+  if expected is not None and expected > cap:
+    raise UnsafeCheckpointError(
+        f'{path}: {member} would hold {expected} bytes, over the '
+        f'{cap}-byte cap for one storage; refusing to read it')
+  if expected is not None and info.file_size != expected:
+    raise CheckpointFormatError(
+        f'{path}: {member} declares {info.file_size} bytes, but its tensors '
+        f'need {expected}; the archive is corrupt or crafted')
+  if info.file_size > cap:
+    raise UnsafeCheckpointError(
+        f'{path}: {member} declares {info.file_size} bytes, over the '
+        f'{cap}-byte cap; refusing to read it')
+  try:
+    with archive.open(info) as f:
+      data = f.read(info.file_size + 1)
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise CheckpointFormatError(f'{path}: {member} is corrupt ({e})') from e
+  if len(data) != info.file_size:
+    raise CheckpointFormatError(
+        f'{path}: {member} holds {len(data)} bytes, not the declared '
+        f'{info.file_size}')
+  return data
 
 _STORAGE_DTYPES = {
     'DoubleStorage': np.dtype(np.float64),
@@ -227,12 +266,17 @@ class _RestrictedUnpickler(_AllowListUnpickler):
     if key in self._storages:
       return self._storages[key]
     member = f'{self._prefix}data/{key}'
-    try:
-      raw = self._archive.read(member)
-    except KeyError as e:
-      raise CheckpointFormatError(
-          f'{self._path}: storage {member} is missing from the archive') from e
     dtype = storage_type.dtype
+    try:
+      numel = int(pid[4])
+    except (TypeError, ValueError) as e:
+      raise CheckpointFormatError(
+          f'{self._path}: storage {member} has no element count') from e
+    if numel < 0:
+      raise CheckpointFormatError(
+          f'{self._path}: storage {member} has {numel} elements')
+    raw = _read_member(self._archive, member, numel * dtype.itemsize,
+                       self._path)
     if len(raw) % dtype.itemsize:
       raise CheckpointFormatError(
           f'{self._path}: storage {member} has {len(raw)} bytes, not a '
@@ -322,7 +366,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if byteorder not in ('little', 'big'):
         raise CheckpointFormatError(f'{path}: unknown byteorder {byteorder!r}')
     unpickler = _RestrictedUnpickler(
-        archive.read(f'{prefix}data.pkl'), archive, prefix, path, byteorder)
+        _read_member(archive, f'{prefix}data.pkl', None, path), archive,
+        prefix, path, byteorder)
     try:
       obj = unpickler.load()
     except CheckpointFormatError:
