@@ -93,10 +93,12 @@ def test_unreadable_raws_are_logged_and_skipped(kodak, tmp_path, caplog):
   copy_raws(kodak, tmp_path, ['good'], broken=True)
   scenes = [multi_exposure.RawScene(p.stem, p, p.name)
             for p in sorted(tmp_path.glob('*.kdc'))]
+  left_out = []
   with caplog.at_level(logging.WARNING):
-    usable = multi_exposure.usable_raws(scenes)
+    usable = multi_exposure.usable_raws(scenes, left_out)
   assert [s.scene for s in usable] == ['good']
   assert 'broken.kdc' in caplog.text
+  assert [scene.scene for scene, _ in left_out] == ['broken']
 
 
 def test_only_unreadable_raws_fail_clearly(kodak, tmp_path):

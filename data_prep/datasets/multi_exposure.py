@@ -33,6 +33,7 @@ single scene only 'train' exists. Unreadable RAWs are logged and skipped; the
 build fails only when no RAW is usable.
 """
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -143,15 +144,22 @@ def probe_raw(path: pathlib.Path) -> str | None:
   return None
 
 
-def usable_raws(scenes: Sequence[RawScene]) -> list[RawScene]:
-  """The scenes whose RAW probes fine; logs the others with the reason.
+def usable_raws(scenes: Sequence[RawScene],
+                left_out: list[tuple[RawScene, str]] | None = None
+                ) -> list[RawScene]:
+  """The scenes whose RAW probes fine (probed in parallel threads); logs the
+  others with the reason, and appends (scene, reason) to `left_out`.
 
   Raises:
     ValueError: no RAW is usable; the message lists why each failed.
   """
   usable, failures = [], []
-  for scene in scenes:
-    reason = probe_raw(scene.path)
+  workers = min(16, (os.cpu_count() or 1) + 2)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    reasons = list(pool.map(lambda scene: probe_raw(scene.path), scenes))
+  for scene, reason in zip(scenes, reasons):
+    if left_out is not None and reason is not None:
+      left_out.append((scene, reason))
     if reason is None:
       usable.append(scene)
     else:
@@ -226,10 +234,18 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
         raise ValueError(f'multi_exposure/{config.name}: {e}') from e
       scenes = [RawScene(path.stem, path, path.name) for path in paths]
       split_of = None
-    scenes = sorted(usable_raws(scenes), key=lambda s: s.scene)
+    unreadable = []
+    scenes = sorted(usable_raws(scenes, unreadable), key=lambda s: s.scene)
     if split_of is None:
       split_of = scene_split.assign_splits(
           [s.scene for s in scenes], config.validation_fraction)
+    kept: dict[str, int] = {}
+    for scene in scenes:
+      kept[split_of[scene.scene]] = kept.get(split_of[scene.scene], 0) + 1
+    # Unreadable RAWs are left out before scenes are split.
+    self.info.metadata.update({'kept': kept, 'left_out': [
+        file_checks.Omission('', scene.source, reason).as_dict()
+        for scene, reason in unreadable]})
     return self._group(scenes, split_of)
 
   def _group(self, scenes, split_of) -> dict[str, Any]:
