@@ -2,9 +2,8 @@
 
 The set: truncated JPEG and PNG, 0 bytes, text named .png, a header claiming
 100k x 100k pixels (refused); grayscale 8 / 16 bit, RGBA, palette, CMYK JPEG
-and an EXIF-rotated JPEG (converted). Each goes through a dataset build
-(msec layout; the other builders share `paired.PairedBuilder` /
-`file_checks`), the training input pipeline, `evaluate`, `Corrector` and the
+and an EXIF-rotated JPEG (converted). Each goes through every builder
+(msec, sice, lcdp, lol, multi_exposure/rendered), the training input pipeline, `evaluate`, `Corrector` and the
 correct CLI: converted as `image_codec.decode_image` documents, or refused
 with a message naming the file. The build policy: train keeps every usable
 pair (counted) and names each left out; a corrupt target leaves out all its
@@ -327,3 +326,46 @@ except unpickling.UnsafeCheckpointError as e:
   assert 'REFUSED' in output and '50000' in output
   print("stride-0 pth: +%.1f MiB, %.3f s" % (rss, seconds))
   assert rss < 32 and seconds < 1, (rss, seconds)
+
+
+def _layout(builder: str, root: pathlib.Path) -> None:
+  """Each file of FILES as an input (or frame) of `builder`'s layout, with a
+  good lossless target (or second frame) of the decoded size."""
+  folders = {
+      'sice': ('train/low', 'train/mid'),
+      'lcdp': ('input', 'gt'),
+      'lol/v1': ('our485/low', 'our485/high'),
+      'multi_exposure/rendered': ('neg1', '0'),
+  }[builder]
+  for folder in folders:
+    (root / folder).mkdir(parents=True)
+  for name, (extension, data, _) in FILES.items():
+    (root / folders[0] / f'{name}{extension}').write_bytes(data)
+    image_codec.write_png(root / folders[1] / f'{name}.png', _base(2))
+
+
+@pytest.mark.parametrize('builder', ['sice', 'lcdp', 'lol/v1',
+                                     'multi_exposure/rendered'])
+def test_every_builder_keeps_the_usable_and_names_the_rest(builder, tmp_path):
+  _layout(builder, tmp_path / 'manual')
+  data_dir = tmp_path / 'tfds'
+  build.ensure_prepared(builder, data_dir, tmp_path / 'manual')
+  splits = list(build.get_builder(builder, data_dir).info.splits)
+  stored = {}
+  for split in splits:
+    source = build.data_source(builder, split, data_dir)
+    for index in range(len(source)):
+      record = source[index]
+      if builder.startswith('multi_exposure'):
+        stored[input_pipeline.text(record['scene'])] = record['frames'][0]
+      else:
+        stored[input_pipeline.text(record['name'])] = record['input']
+  assert sorted(stored) == CONVERTED
+  for name, data in stored.items():
+    _check(name, image_codec.decode_image(data))
+  left_out = [item for split in splits + [''] for item in
+              build.omissions(builder, split, data_dir)]
+  named = sorted(name for name in REFUSED
+                 if any(name in item['example'] or name in item['reason']
+                        for item in left_out))
+  assert named == REFUSED and len(left_out) == len(REFUSED)
