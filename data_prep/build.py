@@ -3,8 +3,9 @@ r"""Builds the TFDS datasets (array_record) and opens them for training.
   python -m data_prep.build --dataset=multi_exposure/sample --data_dir=DIR
   python -m data_prep.build --dataset=msec --data_dir=DIR --manual_dir=MSEC_DIR
 
-Datasets: multi_exposure/{sample,raw,raw_radiometry,raw_16bit,rendered}, msec,
-sice, lcdp, lol/{v1,v2_real,v2_synthetic} (see data_prep/datasets/).
+Datasets: multi_exposure/{sample,raw,raw_radiometry,raw_16bit,rendered},
+mixed_exposure/{sample,raw}, msec, sice, lcdp, lol/{v1,v2_real,v2_synthetic}
+(see data_prep/datasets/).
 Importing this module registers them all with TFDS.
 
 Why a build cannot leave a half dataset that looks complete: TFDS writes into
@@ -33,11 +34,12 @@ import tensorflow_datasets as tfds
 # Imported for their side effect: defining a builder registers it with TFDS.
 from data_prep.datasets import lcdp  # pylint: disable=unused-import
 from data_prep.datasets import lol  # pylint: disable=unused-import
+from data_prep.datasets import mixed_exposure  # pylint: disable=unused-import
 from data_prep.datasets import msec  # pylint: disable=unused-import
 from data_prep.datasets import multi_exposure  # pylint: disable=unused-import
 from data_prep.datasets import sice  # pylint: disable=unused-import
 
-DATASETS = ('multi_exposure', 'msec', 'sice', 'lcdp', 'lol')
+DATASETS = ('multi_exposure', 'mixed_exposure', 'msec', 'sice', 'lcdp', 'lol')
 FILE_FORMAT = 'array_record'
 
 
@@ -57,7 +59,8 @@ def build_command(name: str, data_dir: str | os.PathLike[str] | None,
     args.append(f'--data_dir={os.fspath(data_dir)}')
   if manual_dir is not None:
     args.append(f'--manual_dir={os.fspath(manual_dir)}')
-  elif name not in ('multi_exposure', 'multi_exposure/sample'):
+  elif name not in ('multi_exposure', 'multi_exposure/sample',
+                    'mixed_exposure', 'mixed_exposure/sample'):
     args.append('--manual_dir=FOLDER_WITH_THE_SOURCE_FILES')
   return shlex.join(args)
 

@@ -90,17 +90,30 @@ def _check_render_args(bits: int, tone_curve: str) -> None:
         f'tone_curve must be one of {TONE_CURVES}, got {tone_curve!r}.')
 
 
-def exposure_lut(ev: float, *, bits: int = 8,
-                 tone_curve: str = 'none') -> np.ndarray:
-  """The table mapping each 16-bit linear level to its rendered code at `ev`."""
+def encode_exposed(linear: np.ndarray, gain: np.ndarray | float, *,
+                   bits: int = 8, tone_curve: str = 'none') -> np.ndarray:
+  """Linear light times `gain` (2^EV, a number or per pixel), clipped at
+  saturation, sRGB-encoded (optionally tone-curved) and quantised: THE
+  rendering of an exposure, shared by uniform and mixed exposures."""
   _check_render_args(bits, tone_curve)
-  linear = np.arange(LINEAR_MAX + 1, dtype=np.float64) / LINEAR_MAX
-  encoded = srgb_encode(np.minimum(linear * 2.0**ev, 1.0))
+  encoded = srgb_encode(np.minimum(linear * gain, 1.0))
   if tone_curve == 'camera':
     encoded = camera_tone_curve(encoded)
   max_code = 2**bits - 1
   codes = np.round(encoded * max_code)
   return codes.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def linear_levels() -> np.ndarray:
+  """Every 16-bit linear level as float64 light in [0, 1]."""
+  return np.arange(LINEAR_MAX + 1, dtype=np.float64) / LINEAR_MAX
+
+
+def exposure_lut(ev: float, *, bits: int = 8,
+                 tone_curve: str = 'none') -> np.ndarray:
+  """The table mapping each 16-bit linear level to its rendered code at `ev`."""
+  return encode_exposed(linear_levels(), 2.0**ev, bits=bits,
+                        tone_curve=tone_curve)
 
 
 def expose(image: LinearImage, ev: float, *, bits: int = 8,

@@ -17,6 +17,12 @@ Why the output layout looks as it does:
   * A rerun with other settings (EVs, bits, tone curve, half size) than those
     already in OUT stops with an error instead of mixing two kinds of renders.
 A RAW that fails to decode is logged and skipped; the others still render.
+
+With --mixed=K, each RAW also gets K mixed-exposure renders from the same
+decode (`data_prep/mixed_exposure.py`: smooth EV maps seeded by the file's
+content): `OUT/<stem>_mixed<k>.png`, its EV map grid beside it as
+`OUT/<stem>_mixed<k>_ev.npy` (float32; `mixed_exposure.expand` gives the
+full-resolution map), and the EV 0 render `<stem>_0.png` as the target.
 """
 
 import concurrent.futures
@@ -32,12 +38,14 @@ from typing import Any, NamedTuple, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 import tqdm
 
 from data_prep import camera_tags
 from data_prep import cli
 from data_prep import ev_tags
 from data_prep import image_codec
+from data_prep import mixed_exposure
 from data_prep import raw_render
 
 RAW_EXTENSIONS = frozenset((
@@ -71,6 +79,7 @@ class RenderSettings:
   bits: int = 8
   tone_curve: str = 'none'
   half_size: bool = False
+  mixed: int = 0  # Mixed-exposure renders per RAW (needs EV 0 in evs).
 
   def __post_init__(self):
     evs = tuple(sorted(float(ev) for ev in self.evs))
@@ -85,6 +94,12 @@ class RenderSettings:
             'fewer decimals, e.g. 0.5 or 1.25.')
     if self.bits not in raw_render.BIT_DEPTHS:
       raise RenderInputError(f'bits must be 8 or 16, got {self.bits!r}.')
+    if self.mixed < 0:
+      raise RenderInputError(f'mixed must be >= 0, got {self.mixed!r}.')
+    if self.mixed and 0.0 not in evs:
+      raise RenderInputError(
+          'Mixed-exposure renders take the EV 0 render as their target: '
+          'include 0 in --evs.')
     if self.tone_curve not in raw_render.TONE_CURVES:
       raise RenderInputError(
           f'tone_curve must be one of {raw_render.TONE_CURVES}, got '
@@ -99,7 +114,7 @@ class RenderSettings:
             'tone_curve': self.tone_curve,
             'tone_curve_description': TONE_CURVE_DESCRIPTIONS[self.tone_curve],
             'transfer_function': 'sRGB (IEC 61966-2-1)',
-            'half_size': self.half_size}
+            'half_size': self.half_size, 'mixed': self.mixed}
 
 
 @dataclasses.dataclass
@@ -216,6 +231,19 @@ def render_file(path: str | os.PathLike[str],
     image_codec.write_png(output_dir / name, raw_render.expose(
         image, ev, bits=settings.bits, tone_curve=settings.tone_curve))
     outputs[tag] = name
+  if settings.mixed:
+    grids = mixed_exposure.draw_maps(image.height, image.width, settings.mixed,
+                                     mixed_exposure.content_seed(path))
+    for index, grid in enumerate(grids):
+      name = f'{stem}_mixed{index}'
+      image_codec.write_png(output_dir / f'{name}.png', mixed_exposure.render(
+          image, grid, bits=settings.bits, tone_curve=settings.tone_curve))
+      partial = output_dir / f'{name}_ev.npy{_PARTIAL}'
+      with open(partial, 'wb') as f:
+        np.save(f, grid)
+      os.replace(partial, output_dir / f'{name}_ev.npy')
+      outputs[f'mixed{index}'] = f'{name}.png'
+      outputs[f'mixed{index}_ev'] = f'{name}_ev.npy'
   entry = {
       'format': FORMAT,
       'stem': stem,
@@ -297,8 +325,8 @@ def render_files(paths: Sequence[str | os.PathLike[str]],
                  output_dir: str | os.PathLike[str],
                  evs: Sequence[float] = ev_tags.MSEC_EVS, *, bits: int = 8,
                  tone_curve: str = 'none', half_size: bool = False,
-                 workers: int | None = None,
-                 progress: bool = True) -> RenderSummary:
+                 workers: int | None = None, progress: bool = True,
+                 mixed: int = 0) -> RenderSummary:
   """Renders RAW files (or directories of them) into exposure sequences.
 
   Resumable: RAWs already complete in `output_dir` with these settings are
@@ -315,6 +343,7 @@ def render_files(paths: Sequence[str | os.PathLike[str]],
     workers: processes rendering in parallel; None = os.cpu_count(); 1 renders
       in this process.
     progress: show a tqdm progress bar.
+    mixed: mixed-exposure renders per RAW (see module docstring).
 
   Returns:
     What was rendered, skipped and failed (with reasons).
@@ -324,7 +353,7 @@ def render_files(paths: Sequence[str | os.PathLike[str]],
     SettingsMismatchError: `output_dir` holds renders with other settings.
   """
   start = time.monotonic()
-  settings = RenderSettings(tuple(evs), bits, tone_curve, half_size)
+  settings = RenderSettings(tuple(evs), bits, tone_curve, half_size, mixed)
   if workers is not None and workers < 1:
     raise RenderInputError(f'workers must be at least 1, got {workers}.')
   raw_files = find_raw_files(paths)
@@ -385,6 +414,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                     flag_values=flag_values)
   flags.DEFINE_integer('workers', None, 'Parallel processes; default: CPUs.',
                        lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_integer('mixed', 0, 'Also render this many mixed-exposure '
+                       'images per RAW, with their EV maps.',
+                       flag_values=flag_values)
   flags.DEFINE_bool('half_size', False, 'Decode at half resolution.',
                     flag_values=flag_values)
   flags.DEFINE_bool('progress', True, 'Show a progress bar.',
@@ -406,7 +438,8 @@ def main(argv: Sequence[str],
   try:
     summary = render_files(argv[1:], fv.output_dir, evs, bits=int(fv.bits),
                            tone_curve=fv.tone_curve, half_size=fv.half_size,
-                           workers=fv.workers, progress=fv.progress)
+                           workers=fv.workers, progress=fv.progress,
+                           mixed=fv.mixed)
   except SettingsMismatchError as e:
     logging.error('%s', e)
     return 1

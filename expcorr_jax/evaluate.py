@@ -188,7 +188,8 @@ class PrecomputedOutputs:
           f'{prepared.target.shape[1]}x{prepared.target.shape[0]} (its '
           'target\'s size). Resize the outputs or choose another protocol.')
     return contract.ScoredImages(prepared.shown_input, output,
-                                 prepared.target, prepared.other_targets)
+                                 prepared.target, prepared.other_targets,
+                                 prepared.regions)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict,

@@ -68,6 +68,9 @@ def _lpips_metric():
 
 
 def _mean(values: list[float]) -> float:
+  """The mean of the values that are not NaN (a region metric is NaN for
+  an image without that region); NaN if none is."""
+  values = [value for value in values if not np.isnan(value)]
   return float(np.mean(values)) if values else float('nan')
 
 
@@ -166,7 +169,7 @@ class PairCorrector:
           outputs[index] = corrected[position]
     results = [contract.ScoredImages(item.shown_input,
                                      protocol.quantise(output), item.target,
-                                     item.other_targets)
+                                     item.other_targets, item.regions)
                for item, output in zip(prepared, outputs)]
     if self._save_dir is not None:
       folder = os.path.join(self._save_dir, protocol.name)
@@ -215,6 +218,8 @@ def metric_names(protocol: contract.Protocol, with_lpips: bool
   own = ['psnr', 'ssim'] + (['lpips'] if with_lpips else [])
   own += list(protocol.extra_metric_names)
   own += [f'{metric}_{target}' for target in protocol.target_names
+          for metric in ('psnr', 'ssim')]
+  own += [f'{metric}_{region}' for region in protocol.region_names
           for metric in ('psnr', 'ssim')]
   return tuple(own + [f'identity_{name}' for name in own])
 
@@ -314,6 +319,11 @@ def _scores(images: contract.ScoredImages, protocol: contract.Protocol,
     for name, p, s in zip(protocol.target_names, psnrs, ssims):
       values[f'{prefix}psnr_{name}'] = p
       values[f'{prefix}ssim_{name}'] = s
+    for name, mask in images.regions:
+      values[f'{prefix}psnr_{name}'] = image_quality.masked_psnr(
+          candidate, images.target, mask)
+      values[f'{prefix}ssim_{name}'] = image_quality.masked_ssim(
+          candidate, images.target, mask, protocol.ssim_color)
   if with_lpips:
     distances = _lpips_metric()(np.stack([images.output, images.shown_input]),
                                 np.stack([images.target, images.target]))

@@ -32,6 +32,7 @@ from PIL import Image
 
 from data_prep import ev_tags
 from data_prep import image_codec
+from data_prep import mixed_exposure
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -239,12 +240,15 @@ class EvalPair:
     other_targets: (name, encoded bytes) of further ground truths of the
       scene (MSEC test: experts a, b, d, e), decoded only by the protocols
       that score against them (`decode_other_target`).
+    ev_map: for mixed-exposure data, the input's EV map at full resolution
+      (float64 HxW, `data_prep.mixed_exposure.expand`); else None.
   """
   name: str
   ev_tag: str
   input: np.ndarray
   target: np.ndarray
   other_targets: tuple[tuple[str, bytes], ...] = ()
+  ev_map: np.ndarray | None = None
 
 
 def decode_other_target(pair: EvalPair, data: bytes) -> np.ndarray:
@@ -264,8 +268,11 @@ def read_eval_pair(pairs_source, index: int) -> EvalPair:
   others = tuple(zip((text(name) for name in
                       record.get('other_target_names', ())),
                      record.get('other_targets', ())))
+  ev_map = None
+  if 'ev_map' in record:
+    ev_map = mixed_exposure.expand(record['ev_map'], *image_in.shape[:2])
   return EvalPair(name=text(record['name']), ev_tag=text(record['ev_tag']),
-                  input=image_in,
+                  input=image_in, ev_map=ev_map,
                   target=_match_size(decode(record['target']), image_in.shape,
                                      text(record['name'])),
                   other_targets=others)

@@ -16,6 +16,10 @@ the method (`Task.correct`). The shared ones:
                 downstream ablation (`metrics/edges.py`: a fixed scikit-image
                 Canny, edge-map PSNR and F1 within 2 px). The paper's
                 detector differs: compare methods within this project only.
+  'mixed_regions': as 'full' (one table, no under/over split of the
+                inputs, as LCDP's), plus PSNR / SSIM inside the regions a
+                mixed-exposure input's EV map under- and over-exposes
+                (`mixed_exposure` datasets only): where a method fails.
   'full_experts': as 'full', scored against each of the five expert
                 retouches of MSEC's test split (`against_every_expert`):
                 PSNR / SSIM are the means over experts A-E, as Afifi et al.
@@ -34,6 +38,7 @@ from typing import Iterable, Mapping
 import cv2
 import numpy as np
 
+from data_prep import mixed_exposure
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
 from expcorr_jax.metrics import edges
@@ -146,8 +151,30 @@ def against_every_expert(protocol: contract.Protocol,
 
 
 FULL_EXPERTS = against_every_expert(FULL, 'full_experts')
-SHARED = {protocol.name: protocol
-          for protocol in (FULL, ENC_FECNET, EDGES, FULL_EXPERTS)}
+
+
+def _prepare_regions(pair: input_pipeline.EvalPair,
+                     reference: np.ndarray | None) -> contract.PreparedPair:
+  if pair.ev_map is None:
+    raise ValueError(
+        f'Protocol {REGIONS_NAME!r} scores the under- and over-exposed '
+        f'regions of an EV map, and pair {pair.name!r} has none: use it on '
+        'mixed_exposure data (--config.data.name=mixed_exposure/sample).')
+  limit = mixed_exposure.REGION_EV
+  return dataclasses.replace(
+      _prepare_full(pair, reference),
+      regions=(('under', pair.ev_map < -limit), ('over', pair.ev_map > limit)))
+
+
+REGIONS_NAME = 'mixed_regions'
+MIXED_REGIONS = contract.Protocol(
+    name=REGIONS_NAME, prepare=_prepare_regions, quantise=pixels.to_uint8,
+    ssim_color='rgb', lpips=False, region_names=('under', 'over'),
+    description=('as full, plus PSNR / SSIM inside the regions the EV map '
+                 f'under-exposes (< -{mixed_exposure.REGION_EV} EV) and '
+                 f'over-exposes (> +{mixed_exposure.REGION_EV} EV)'))
+SHARED = {protocol.name: protocol for protocol in (
+    FULL, ENC_FECNET, EDGES, FULL_EXPERTS, MIXED_REGIONS)}
 
 
 def available(task: contract.Task) -> Mapping[str, contract.Protocol]:

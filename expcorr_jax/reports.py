@@ -29,6 +29,10 @@ _TABLE_COLUMNS = (  # (metric, heading, width, decimals)
     ('edge_psnr', 'edge PSNR', 9, 3), ('edge_f1', 'edge F1', 7, 4),
     ('identity_edge_psnr', 'id edgePSNR', 11, 3),
     ('identity_edge_f1', 'id edgeF1', 9, 4),
+    ('psnr_under', 'PSNR under', 10, 3), ('ssim_under', 'SSIM under', 10, 4),
+    ('psnr_over', 'PSNR over', 9, 3), ('ssim_over', 'SSIM over', 9, 4),
+    ('identity_psnr_under', 'id PSNR under', 13, 3),
+    ('identity_psnr_over', 'id PSNR over', 12, 3),
 )
 
 

@@ -172,6 +172,18 @@ def usable_raws(scenes: Sequence[RawScene],
   return usable
 
 
+def sample_raw_scenes(owner: Any) -> tuple[list[RawScene], dict[str, str]]:
+  """The embedded sample's DNGs, written to a temporary folder removed with
+  `owner` (a builder), and each scene's split (`sample_scenes.sample_split`).
+  """
+  folder = tempfile.mkdtemp(prefix='expcorr_sample_raws_')
+  weakref.finalize(owner, shutil.rmtree, folder, ignore_errors=True)
+  paths = [pathlib.Path(p) for p in sample_scenes.write_sample_raws(folder)]
+  scenes = [RawScene(path.stem, path, 'sample') for path in paths]
+  return scenes, {s.scene: sample_scenes.sample_split(s.scene)
+                  for s in scenes}
+
+
 class MultiExposure(tfds.core.GeneratorBasedBuilder):
   """Multi-exposure sequences (one example per scene) rendered from RAW."""
 
@@ -262,13 +274,7 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
             for split, split_scenes in sorted(by_split.items())}
 
   def _sample_raws(self) -> tuple[list[RawScene], dict[str, str]]:
-    """Writes the sample DNGs to a temporary folder removed with the builder."""
-    folder = tempfile.mkdtemp(prefix='multi_exposure_sample_')
-    weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
-    paths = [pathlib.Path(p) for p in sample_scenes.write_sample_raws(folder)]
-    scenes = [RawScene(path.stem, path, 'sample') for path in paths]
-    return scenes, {s.scene: sample_scenes.sample_split(s.scene)
-                    for s in scenes}
+    return sample_raw_scenes(self)
 
   def _generate_raw_examples(self, scenes: Sequence[RawScene]
                              ) -> Iterator[tuple[str, dict[str, Any]]]:

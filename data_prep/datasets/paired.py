@@ -40,10 +40,12 @@ VERSION = tfds.core.Version('1.0.0')
 RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
 
-def paired_features() -> tfds.features.FeaturesDict:
-  """The feature spec every paired builder writes."""
+def paired_features(**extra: tfds.features.FeatureConnector
+                    ) -> tfds.features.FeaturesDict:
+  """The feature spec every paired builder writes, plus `extra` fields."""
   encoded = tfds.features.Tensor(shape=(), dtype=np.object_)
   return tfds.features.FeaturesDict({
+      **extra,
       'name': tfds.features.Text(),
       'scene': tfds.features.Text(),
       'input': encoded,

@@ -39,6 +39,35 @@ def to_gray(image: np.ndarray) -> np.ndarray:
   return np.clip(np.round(luma(image)), 0, 255).astype(np.uint8)
 
 
+def masked_psnr(output: np.ndarray, target: np.ndarray,
+                mask: np.ndarray) -> float:
+  """PSNR over the pixels where `mask` (HxW) is True; NaN if none are."""
+  if not mask.any():
+    return float('nan')
+  return psnr(output[mask], target[mask])
+
+
+@jax.jit
+def _ssim_map_uint8(output, target):
+  return ssim_lib.ssim_map(output.astype(jnp.float32),
+                           target.astype(jnp.float32), max_val=255.0,
+                           padding='valid')[0]
+
+
+def masked_ssim(output: np.ndarray, target: np.ndarray, mask: np.ndarray,
+                color: str = 'rgb') -> float:
+  """SSIM (as `ssim`) averaged over the windows centred where `mask` is
+  True (the 'valid' map is the image less 5 pixels per side); NaN if none."""
+  if color == 'gray':
+    output, target = to_gray(output), to_gray(target)
+  inner = mask[5:-5, 5:-5]
+  if not inner.any():
+    return float('nan')
+  with jax.default_matmul_precision('highest'):
+    ssim_map = np.asarray(_ssim_map_uint8(output, target))
+  return float(ssim_map.mean(axis=-1)[inner].mean())
+
+
 @jax.jit
 def _ssim_uint8(output, target):
   return ssim_lib.ssim(output.astype(jnp.float32), target.astype(jnp.float32),

@@ -80,24 +80,29 @@ class PreparedPair:
     other_targets: (name, uint8 image) of further ground truths the output
       is also scored against (a protocol with `target_names`, e.g. MSEC's
       five experts), each at the size of the output; empty otherwise.
+    regions: (name, bool HxW mask) of image regions scored on their own (a
+      protocol with `region_names`, e.g. the under- and over-exposed parts
+      of a mixed-exposure input); empty otherwise.
   """
   model_input: np.ndarray
   reference: np.ndarray | None
   shown_input: np.ndarray
   target: np.ndarray
   other_targets: tuple[tuple[str, np.ndarray], ...] = ()
+  regions: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 class ScoredImages(NamedTuple):
   """The uint8 images one pair is scored on under one protocol.
 
   `shown_input` (the identity baseline), `output` and `target` share a size;
-  `other_targets` as `PreparedPair.other_targets`.
+  `other_targets` and `regions` as in `PreparedPair`.
   """
   shown_input: np.ndarray
   output: np.ndarray
   target: np.ndarray
   other_targets: tuple[tuple[str, np.ndarray], ...] = ()
+  regions: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,9 @@ class Protocol:
       then the others'. PSNR and SSIM are then the means over all of them,
       and each one's own figures are reported as `psnr_<name>` /
       `ssim_<name>`. Empty: one target.
+    region_names: the regions `PreparedPair.regions` holds, in order; PSNR
+      and SSIM inside each are reported as `psnr_<region>` /
+      `ssim_<region>` (NaN where a pair has no such pixel). Empty: none.
   """
   name: str
   prepare: Callable[[Any, np.ndarray | None], PreparedPair]
@@ -134,6 +142,7 @@ class Protocol:
       None)
   extra_metric_names: tuple[str, ...] = ()
   target_names: tuple[str, ...] = ()
+  region_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,151 @@
+"""TFDS builder `mixed_exposure`: region-varying exposure rendered from RAW.
+
+Each RAW file is decoded once (`raw_render.decode_raw`) and rendered K times
+(`maps_per_raw`) with K smooth EV maps (`data_prep/mixed_exposure.py`):
+inputs with over- and under-exposed regions, like LCDP's, whose target is
+the EV 0 render of the same decode. Configs:
+  sample: the embedded sample's RAWs (needs nothing), split by photo as the
+    uniform `multi_exposure/sample` is, so no validation photo of one is a
+    training photo of the other.
+  raw: the RAW files in the manual directory (recursively), scene-disjoint
+    deterministic splits (`scene_split`).
+
+An example is a paired example (`paired.paired_features`: name
+'<scene>_mixed<k>', input and target PNG bytes, ev_tag '' as LCDP, so
+RECNet's loader and the evaluation read it as they read LCDP), plus:
+  ev_map: float32 grid of the EV map, the truth the input was rendered
+    from (`mixed_exposure.expand` gives it at full resolution);
+  map_index: k; source: the RAW file name; camera.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+from typing import Any, Iterator
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_prep import camera_tags
+from data_prep import image_codec
+from data_prep import mixed_exposure as mixed_render
+from data_prep import raw_render
+from data_prep import render_raw
+from data_prep.datasets import file_checks
+from data_prep.datasets import multi_exposure
+from data_prep.datasets import paired
+from data_prep.datasets import scene_split
+
+
+@dataclasses.dataclass
+class MixedExposureConfig(tfds.core.BuilderConfig):
+  """A mixed-exposure variant.
+
+  Attributes:
+    source: 'sample' or 'raw' (see module docstring).
+    maps_per_raw: EV maps (examples) per RAW file.
+    ev_range: the EV range of the maps.
+    seed: mixed into every RAW's content seed (other maps, same files).
+    half_size: decode RAWs at half resolution.
+    validation_fraction: share of scenes for validation ('raw').
+  """
+  source: str = 'raw'
+  maps_per_raw: int = 3
+  ev_range: tuple[float, float] = mixed_render.EV_RANGE
+  seed: int = 0
+  half_size: bool = False
+  validation_fraction: float = 0.2
+
+
+class MixedExposure(tfds.core.GeneratorBasedBuilder):
+  """Mixed-exposure inputs rendered from RAW with their EV maps."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      MixedExposureConfig(name='sample', source='sample', maps_per_raw=2,
+                          description='The embedded sample, 2 maps per RAW.'),
+      MixedExposureConfig(name='raw', source='raw', maps_per_raw=3,
+                          description='RAW files in the manual directory.'),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Config 'raw': put RAW files (any LibRaw format) anywhere below the "
+      "manual directory. Config 'sample' needs nothing.")
+
+  def __init__(self, *, allow_incomplete: bool = False, **kwargs):
+    """`allow_incomplete`: accepted for a uniform build API (no test split
+    here: unreadable RAWs are always left out, and recorded)."""
+    del allow_incomplete
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=paired.paired_features(
+            ev_map=tfds.features.Tensor(shape=(None, None), dtype=np.float32,
+                                        encoding='zlib'),
+            map_index=tfds.features.Tensor(shape=(), dtype=np.int32),
+            source=tfds.features.Text(),
+            camera=tfds.features.Text()),
+        metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config = self.builder_config
+    if config.source == 'sample':
+      scenes, split_of = multi_exposure.sample_raw_scenes(self)
+    else:
+      manual_dir = pathlib.Path(os.fspath(dl_manager.manual_dir))
+      try:
+        paths = render_raw.find_raw_files([manual_dir])
+      except render_raw.RenderInputError as e:
+        raise ValueError(f'mixed_exposure/{config.name}: {e}') from e
+      scenes = [multi_exposure.RawScene(p.stem, p, p.name) for p in paths]
+      split_of = None
+    unreadable = []
+    scenes = sorted(multi_exposure.usable_raws(scenes, unreadable),
+                    key=lambda s: s.scene)
+    if split_of is None:
+      split_of = scene_split.assign_splits(
+          [s.scene for s in scenes], config.validation_fraction)
+    by_split: dict[str, list[Any]] = {}
+    for scene in scenes:
+      by_split.setdefault(split_of[scene.scene], []).append(scene)
+    self.info.metadata.update({
+        'kept': {split: len(s) * config.maps_per_raw
+                 for split, s in by_split.items()},
+        'left_out': [file_checks.Omission('', s.source, reason).as_dict()
+                     for s, reason in unreadable]})
+    return {split: self._generate_examples(split_scenes)
+            for split, split_scenes in sorted(by_split.items())}
+
+  def _generate_examples(self, scenes) -> Iterator[tuple[str, dict[str, Any]]]:
+    config = self.builder_config
+    for scene in scenes:
+      try:
+        image = raw_render.decode_raw(scene.path, half_size=config.half_size)
+      except raw_render.RawDecodeError as e:
+        logging.warning('Skipping RAW %s: %s', scene.path, e)
+        continue
+      target = image_codec.encode_png(raw_render.expose(image, 0.0))
+      grids = mixed_render.draw_maps(
+          image.height, image.width, config.maps_per_raw,
+          mixed_render.content_seed(scene.path, config.seed),
+          ev_range=config.ev_range)
+      for index, grid in enumerate(grids):
+        name = f'{scene.scene}_mixed{index}'
+        yield name, {
+            'name': name,
+            'scene': scene.scene,
+            'input': image_codec.encode_png(mixed_render.render(image, grid)),
+            'target': target,
+            'ev_tag': '',
+            'ev': np.float32(math.nan),
+            'other_targets': [],
+            'other_target_names': [],
+            'ev_map': grid,
+            'map_index': np.int32(index),
+            'source': scene.source,
+            'camera': camera_tags.camera_name(scene.path),
+        }
