@@ -27,7 +27,9 @@ image grids to the workdir.
       --workdir=/tmp/recnet_erl_local \
       --config.regulariser.bcm_workdir=/tmp/erl_bcm_local
 
-Config arguments (comma-separated): runlocal (a CPU-sized run), erl (adds
+Config arguments (comma-separated): runlocal (a CPU-sized run), mixed
+(trains and evaluates on mixed exposure rendered from the sample's RAWs,
+scoring inside the under- and over-exposed regions too), erl (adds
 config.regulariser: name 'erl', bcm_workdir, weight = the paper's alpha 0.1,
 batch_attention; the regulariser compares RECNet's output with the pair's
 target).
@@ -49,7 +51,7 @@ from expcorr_jax.tasks import erl
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The RECNet config; `arg` 'runlocal' shrinks it for a CPU, 'erl' adds ERL."""
-  arg = config_args.parse_arg(arg, runlocal=False, erl=False)
+  arg = config_args.parse_arg(arg, runlocal=False, erl=False, mixed=False)
   config = ml_collections.ConfigDict()
   config.model = 'recnet'
   # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
@@ -145,6 +147,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 250
     config.eval_every_steps = 1_000_000  # Only the final evaluation.
     config.checkpoint_every_steps = 1000
+  if arg.mixed:
+    # Mixed exposure rendered from RAW (data_prep/mixed_exposure.py): the
+    # embedded sample's RAWs with smooth EV maps; any RAW folder with
+    # --config.data.name=mixed_exposure/raw --config.data.manual_dir=...
+    config.data.name = 'mixed_exposure/sample'
+    config.eval.protocols = ('recnet', 'mixed_regions')
   if arg.erl:
     # ERL stage 3: the sample-relationship regulariser (tasks/erl.py);
     # set --config.regulariser.bcm_workdir=<an ERL stage-2 workdir>.
