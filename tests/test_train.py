@@ -283,7 +283,9 @@ def test_bad_config_values_are_named(field, value, message):
 @pytest.mark.parametrize('config_file', [
     'uec.py', 'recnet.py', 'erl_autoencoder.py', 'erl_bcm.py'])
 def test_every_config_defines_every_key_the_trainer_reads(config_file):
-  for arg in (None, 'runlocal'):
+  args = (None, 'runlocal') + (('runlocal,mixed', 'runlocal,erl')
+                                if config_file == 'recnet.py' else ())
+  for arg in args:
     config = config_args.load_config(REPO_ROOT / 'configs' / config_file, arg)
     assert train.missing_keys(config) == []
 

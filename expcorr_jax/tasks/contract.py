@@ -27,7 +27,7 @@ Types used throughout:
 
 Evaluation: each name in `config.eval.protocols` is one of the method's own
 `Task.protocols` or a shared protocol (`expcorr_jax.protocols`: 'full',
-'enc_fecnet', 'edges', 'full_experts'). A `Protocol` prepares a pair for the model (resizing, the
+'enc_fecnet', 'edges', 'full_experts', 'mixed_regions'). A `Protocol` prepares a pair for the model (resizing, the
 reference) and says how the float output becomes uint8 and how it is
 scored; the method supplies only `Task.correct`.
 
