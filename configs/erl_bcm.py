@@ -2,8 +2,9 @@ r"""ERL stage 2: the batch-correlation module's transformer t_e.
 
 Loads the frozen f_e, f_d of a stage-1 run (configs/erl_autoencoder.py) and
 trains the transformer t_e, whose attention runs across the samples of a
-batch, plus the 1x1 fusion, with the paper's Fourier-phase pretext loss
-(Sec. 3.2, Eqs. 2-3) on normal-exposure images:
+batch, with the paper's Fourier-phase pretext loss (Sec. 3.2, Eqs. 2-3) on
+normal-exposure images; the 1x1 fusion W stays at its start unless
+erl.stage2_trains='transformer_and_fusion':
 
   python -m expcorr_jax.main --config=configs/erl_bcm.py --workdir=/tmp/erl_bcm \
       --config.erl.autoencoder_workdir=/tmp/erl_ae
@@ -19,10 +20,19 @@ regulariser: configs/uec.py:erl or configs/recnet.py:erl with
 
 From the paper: features resized to 16x16, one token per sample, t_e a
 transformer encoder over the batch, I' = f_d(1x1([F, F'])), the phase loss,
-Adam betas (0.9, 0.99), "100 epochs". The project's choices: t_e's depth,
-heads and MLP width follow BatchFormer's layer (1 layer, 4 heads, MLP = token
-size); widths, learning rate, crops, batch and steps. loss.pretext='l1' is
-the paper's Table 2 ablation (pixel L1 instead of the phase loss).
+"only the transformer encoder t_e is trained", Adam betas (0.9, 0.99), "100
+epochs". The project's choices: t_e's layer (1 pre-LN layer, GELU, no
+dropout, 4 heads, MLP = token size; BatchFormer's is post-LN, ReLU, dropout
+0.5), W's start (erl.fusion_init), widths, learning rate, crops, batch and
+steps. Table 2's arms are loss.pretext = 'phase' | 'l1' | 'none' (no
+pretext task: t_e stays random). Logged per step: fprime_dependence (how
+much I' changes when F' is zeroed), fprime_batch_std (F''s spread across
+the batch; ~0 means collapse), fusion_fprime_norm and grad_norm (t_e's, W
+being frozen).
+
+Fig. 9 of the paper (alpha and batch size) is swept in stage 3:
+--config.regulariser.weight=<alpha> and --config.batch_size=<B> on the
+corrector's config.
 
 erl.batch_attention: with the batch split over devices, 'global' lets the
 whole batch attend to itself (as on the paper's single GPU), 'per_device'
@@ -54,6 +64,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.erl.num_heads = 4
   config.erl.mlp_dim = ml_collections.FieldReference(None, field_type=int)
   config.erl.batch_attention = 'global'  # Or 'per_device'.
+  # The paper: "only the transformer encoder t_e is trained" in stage 2.
+  # 'transformer_and_fusion' also trains W (this project's variant).
+  config.erl.stage2_trains = 'transformer'
+  # W's start (the paper is silent; this project's choice): identity on F
+  # and on F', so I' depends on F' from the first step. 'features_only'
+  # (identity on F, zero on F') leaves t_e without gradient while W is frozen.
+  config.erl.fusion_init = 'features_and_relationship'
   config.erl.autoencoder_workdir = ml_collections.FieldReference(
       None, field_type=str)
 
@@ -83,7 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.decay_factor = 1.0
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.pretext = 'phase'  # Or 'l1' (the paper's Table 2 ablation).
+  # Table 2's arms: 'phase' (the paper's pretext task), 'l1' (pixel L1
+  # pretext) or 'none' (no pretext: t_e stays at its random start).
+  config.loss.pretext = 'phase'
 
   config.eval = ml_collections.ConfigDict()
   config.eval.protocols = ('reconstruction',)
@@ -104,10 +123,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 100
     config.checkpoint_every_steps = 100
     config.eval.max_images = 8
-    # The fusion starts as the identity on F (zero on F'), so t_e's share
-    # of I' is scaled by W_F', which Adam grows by at most the learning rate
-    # per step: after 200 steps at 1e-4, |W_F'| <= 0.02 and the phase loss
-    # moves only 1.59 -> 1.57. At 1e-3 it falls to ~1.47, while the pixel L1
-    # rises 0.04 -> 0.24 (the phase loss leaves amplitude free).
     config.optimizer.learning_rate = 1e-4
   return config

@@ -19,9 +19,11 @@ checkpoints, TensorBoard summaries and image grids to the workdir.
 
 Config arguments (comma-separated): runlocal (a CPU-sized run), erl (adds
 config.regulariser: name 'erl', bcm_workdir, weight = the paper's alpha 0.1,
-batch_attention). With ERL the regulariser compares the three-pass
-restoration towards the target frame with that frame; inference is unchanged
-(the checkpoint holds UEC's params only).
+batch_attention). With ERL the regulariser compares the input corrected
+(three passes) towards its scene's EV 0 frame with that frame, as the paper
+compares an output with its normal-exposure ground truth (one more forward
+pass per step); inference is unchanged (the checkpoint holds UEC's params
+only).
 
 Defaults follow the released training code: Adam lr 1e-4, beta1 0.9, 448x448
 crops, loss = restoration (three passes, MSE to the target frame) +

@@ -118,13 +118,26 @@ def test_model_is_read_off_its_params(bcm):
   assert erl.model_from_params(stage3) == other.clone(decoder_layers=3)
 
 
-def test_fusion_starts_from_the_stage1_reconstruction(bcm):
+def test_fusion_starts_as_configured(bcm):
+  """'features_only' starts from stage 1's reconstruction; the default,
+  'features_and_relationship', makes I' depend on the other images of the
+  batch from the first step."""
   model, params = bcm
   images = _images(5)
   stage1 = jax.jit(lambda x: model.apply({'params': params}, x,
                                          method=erl.BCM.reconstruct))
-  np.testing.assert_allclose(_reconstruct(model, params, images),
+  plain = model.clone(fusion_init='features_only')
+  plain_params = {**params, 'fusion': jax.jit(plain.init)(
+      _key(0), jnp.zeros((1, 8, 8, 3)))['params']['fusion']}
+  np.testing.assert_allclose(_reconstruct(plain, plain_params, images),
                              stage1(images), atol=1e-6)
+  assert model.fusion_init == 'features_and_relationship'
+  changed = images.copy()
+  changed[2] = 1.0 - changed[2]
+  before = _reconstruct(model, params, images)
+  after = _reconstruct(model, params, changed)
+  assert float(jnp.max(jnp.abs(after[0] - before[0]))) > 1e-4
+  assert float(jnp.max(jnp.abs(before - stage1(images)))) > 1e-4
 
 
 def test_phase_loss_equals_numpy_fft_per_channel():
@@ -314,15 +327,16 @@ def test_reconstruction_eval_and_stage1_loss(bcm):
                                      method=erl.BCM.reconstruct))
 
   reconstruction = erl_pretext.RECONSTRUCTION
-  image_in, output, scored, _ = evaluation.pair_corrector(
-      autoencoder_task.TASK, model, stage1)(pair, reconstruction)
+  image_in, output, scored = evaluation.pair_corrector(
+      autoencoder_task.TASK, model, stage1)(pair, reconstruction)[:3]
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(scored, pair.target)
   expected = np.round(np.clip(ae(target)[0], 0, 1) * 255)
   assert np.max(np.abs(output.astype(float) - expected)) <= 1
-  _, output, _, _ = evaluation.pair_corrector(
+  output = evaluation.pair_corrector(
       bcm_task.TASK, model,
-      bcm_task.TASK.correction_params(stage2, stage1))(pair, reconstruction)
+      bcm_task.TASK.correction_params(stage2, stage1))(
+          pair, reconstruction).output
   expected = np.round(np.clip(_reconstruct(model, params, target)[0], 0, 1)
                       * 255)
   assert np.max(np.abs(output.astype(float) - expected)) <= 1
@@ -368,3 +382,74 @@ def test_stage2_trains_evaluates_and_loads_for_stage3(sample_data_dir,
     np.testing.assert_array_equal(a, b)
   value = _regulariser(loaded, _images(2, seed=1), _images(2))
   assert float(value) > 0
+
+
+def _stage2_setup(pretext='phase', trains='transformer'):
+  config = _config('erl_bcm')
+  config.loss.pretext = pretext
+  config.erl.stage2_trains = trains
+  model = bcm_task.TASK.create_model(config)
+  frozen = jax.jit(functools.partial(model.init, method=erl.BCM.reconstruct))(
+      _key(5), jnp.zeros((1, 8, 8, 3)))['params']
+  start = jax.tree.map(np.array, jax.jit(functools.partial(
+      bcm_task.init_params, model))(_key(6)))
+  return config, model, frozen, start
+
+
+def _train_steps(config, model, frozen, start, steps=3):
+  optimizer = optax.adam(1e-2)
+  mesh = train.make_mesh()
+  state = jax.device_put(
+      train.TrainState(step=jnp.zeros((), jnp.int32), params=start,
+                       opt_state=optimizer.init(start)),
+      jax.sharding.NamedSharding(mesh, P()))
+  step = train.make_train_step(model, config, optimizer, mesh,
+                               {'task': frozen, 'regulariser': None})
+  batch = {'image': np.round(_images(8) * 255).astype(np.uint8)}
+  for _ in range(steps):
+    state, metrics = step(state, train.make_global_batch(batch, mesh))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+def _max_change(a, b):
+  return max(float(np.max(np.abs(x - y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_default_stage2_trains_t_e_only_and_links_the_batch():
+  config, model, frozen, start = _stage2_setup()
+  assert (config.erl.stage2_trains, config.erl.fusion_init) == (
+      'transformer', 'features_and_relationship')
+  params, metrics = _train_steps(config, model, frozen, start)
+  assert _max_change(params['transformer'], start['transformer']) > 1e-4
+  assert _max_change(params['fusion'], start['fusion']) == 0.0  # W frozen.
+  assert float(metrics['fprime_dependence']) > 1e-4
+  assert float(metrics['fprime_batch_std']) > 1e-4
+  assert float(metrics['fusion_fprime_norm']) == pytest.approx(
+      np.sqrt(model.features), rel=1e-6)  # The identity's norm.
+  # After training, I' of one image depends on another image of the batch.
+  images = _images(5)
+  changed = images.copy()
+  changed[3] = 1.0 - changed[3]
+  all_params = {**frozen, **params}
+  before = _reconstruct(model, all_params, images)
+  after = _reconstruct(model, all_params, changed)
+  assert float(jnp.max(jnp.abs(after[0] - before[0]))) > 1e-4
+
+
+@pytest.mark.parametrize('pretext', ['phase', 'l1', 'none'])
+def test_table2_arms_run_and_no_pretext_leaves_t_e_at_its_start(pretext):
+  config, model, frozen, start = _stage2_setup(pretext)
+  params, metrics = _train_steps(config, model, frozen, start, steps=2)
+  assert np.isfinite(float(metrics['loss']))
+  changed = _max_change(params['transformer'], start['transformer'])
+  if pretext == 'none':
+    assert changed == 0.0 and float(metrics['loss']) == 0.0
+  else:
+    assert changed > 1e-4
+
+
+def test_the_project_variant_trains_w_too():
+  config, model, frozen, start = _stage2_setup(trains='transformer_and_fusion')
+  params, _ = _train_steps(config, model, frozen, start, steps=2)
+  assert _max_change(params['fusion'], start['fusion']) > 1e-4

@@ -238,7 +238,8 @@ def test_eval_pair_protocols():
       input=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8),
       target=rng.integers(0, 256, (30, 41, 3), dtype=np.uint8))
   correct_pair = evaluation.pair_corrector(recnet_task.TASK, model, params)
-  image_in, output, target, _ = correct_pair(pair, recnet_task.RECNET_PROTOCOL)
+  image_in, output, target = correct_pair(pair,
+                                         recnet_task.RECNET_PROTOCOL)[:3]
   assert image_in.dtype == output.dtype == target.dtype == np.uint8
   np.testing.assert_array_equal(image_in, pair.input)
   np.testing.assert_array_equal(target, pair.target)
@@ -246,7 +247,7 @@ def test_eval_pair_protocols():
       params, pair.input[None].astype(np.float32) / 255)[0]
   np.testing.assert_array_equal(output, np.round(np.asarray(want) * 255))
 
-  image_in, output, target, _ = correct_pair(pair, protocols.ENC_FECNET)
+  image_in, output, target = correct_pair(pair, protocols.ENC_FECNET)[:3]
   assert image_in.shape == output.shape == target.shape == (32, 44, 3)
   np.testing.assert_array_equal(
       image_in, pixels.to_uint8(protocols.resize_to_multiple(pair.input)))

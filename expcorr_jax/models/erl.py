@@ -18,14 +18,20 @@ Choices the paper leaves open (see also configs/erl_*.py):
 - f_e: `encoder_layers` 3x3 convs to C channels, ReLU between them, no
   activation after the last; f_d: `decoder_layers` 3x3 convs, C, ..., C, 3,
   ReLU between, linear output. No downsampling: the paper's F is B x C x H x W.
-- t_e: pre-LayerNorm transformer encoder layers (ViT style, the paper's [7])
-  with a final LayerNorm, no positional embedding (the batch has no order),
-  no dropout. Defaults match BatchFormer's layer (the paper's [11]): one layer,
-  4 heads, MLP width C'.
+- t_e (this project's choices; the paper only says "transformer encoder"):
+  pre-LayerNorm layers (ViT style, the paper's [7]) with GELU and a final
+  LayerNorm, no positional embedding (the batch has no order), no dropout;
+  one layer, 4 heads, MLP width C'. BatchFormer's layer (the paper's [11])
+  differs: post-LN, ReLU, dropout 0.5.
 - The 16x16 resize is antialiased bilinear (a low-pass, as the paper wants the
   content filtered out); the way back to HxW is bilinear.
-- W is initialised to pass F through and ignore F' (identity on F's channels,
-  zeros on F''s), so stage 2 starts from stage 1's reconstruction.
+- W's start (`fusion_init`, this project's choice; the paper is silent):
+  'features_and_relationship' (default) is the identity on F's channels AND
+  on F''s, so I' = f_d(F + resize(F')) depends on F' from the first step,
+  which matters when W is frozen (the paper trains "only the transformer
+  encoder t_e" in stage 2, so W's start is permanent); 'features_only' is
+  the identity on F and zero on F' (stage 2 then starts from stage 1's
+  reconstruction, and t_e gets no gradient until W's F' half grows).
 
 The attention over the batch axis under data parallelism: `mode='global'`
 lets the tokens of the whole (global) batch attend to each other (under jit
@@ -87,12 +93,24 @@ class BatchTransformer(nn.Module):
     return nn.LayerNorm()(x)[0]
 
 
-def _pass_features_init(key, shape, dtype=jnp.float32):
-  """1x1 kernel (1, 1, 2C, C): identity on F's channels, zero on F''s."""
-  del key
-  channels = shape[-1]
-  return jnp.zeros(shape, dtype).at[0, 0, :channels, :].set(
-      jnp.eye(channels, dtype=dtype))
+FUSION_INITS = ('features_and_relationship', 'features_only')
+
+
+def _fusion_init(mode: str):
+  """1x1 kernel (1, 1, 2C, C) initialiser of W (see the module docstring)."""
+  if mode not in FUSION_INITS:
+    raise ValueError(f'Unknown fusion_init {mode!r}; choose from '
+                     f'{FUSION_INITS}.')
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    channels = shape[-1]
+    eye = jnp.eye(channels, dtype=dtype)
+    kernel = jnp.zeros(shape, dtype).at[0, 0, :channels, :].set(eye)
+    if mode == 'features_and_relationship':
+      kernel = kernel.at[0, 0, channels:, :].set(eye)
+    return kernel
+  return init
 
 
 def resize(images: Array, height: int, width: int) -> Array:
@@ -116,6 +134,7 @@ class BCM(nn.Module):
     transformer_layers: layers of t_e.
     num_heads: attention heads of t_e; must divide C' = token_size^2 * C.
     mlp_dim: hidden width of t_e's MLPs; None means C'.
+    fusion_init: how W starts (`FUSION_INITS`; only `init` reads it).
   """
   features: int = 8
   encoder_layers: int = 3
@@ -124,6 +143,7 @@ class BCM(nn.Module):
   transformer_layers: int = 1
   num_heads: int = 4
   mlp_dim: int | None = None
+  fusion_init: str = 'features_and_relationship'
 
   @property
   def token_dim(self) -> int:
@@ -137,7 +157,7 @@ class BCM(nn.Module):
         self.transformer_layers, self.num_heads,
         self.mlp_dim or self.token_dim)
     self.fusion = nn.Conv(self.features, (1, 1),
-                          kernel_init=_pass_features_init)
+                          kernel_init=_fusion_init(self.fusion_init))
 
   def __call__(self, images: Array) -> Array:
     """I' in global mode (the whole stage-2 forward in one call)."""

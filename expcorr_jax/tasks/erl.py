@@ -5,8 +5,8 @@ trains an exposure corrector with L = L_c + alpha * L_r, where
 L_r = L1(t_e(f_e(output)), t_e(f_e(target))) runs the frozen batch-correlation
 module (BCM) of stages 1 and 2 (tasks/erl_autoencoder.py, tasks/erl_bcm.py)
 and alpha = 0.1. Here `output` and `target` are what the corrector's task
-returns in its `LossOutput` (UEC: the three-pass restoration and its target
-frame; RECNet: its output and the pair's target).
+returns in its `LossOutput` (UEC: the input corrected towards its scene's
+EV 0 frame, and that frame; RECNet: its output and the pair's target).
 
 A corrector's config switches it on with the `erl` config argument
 (`configs/uec.py:erl`, `configs/recnet.py:runlocal,erl`), which adds

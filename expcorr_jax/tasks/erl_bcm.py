@@ -1,10 +1,22 @@
-"""ERL stage 2: the BCM's transformer t_e and fusion (see erl_pretext.py).
+"""ERL stage 2: the BCM's transformer t_e (see erl_pretext.py).
 
 Network: `models/erl.py` (BCM). Config: `configs/erl_bcm.py`.
-f_e and f_d are the frozen stage-1 params (`config.erl.autoencoder_workdir`);
-t_e and the 1x1 fusion are trained ({'transformer', 'fusion'}) with the
-Fourier-phase pretext loss (or pixel L1, `config.loss.pretext`). Evaluated
-under 'reconstruction': I', each image alone in its batch.
+f_e and f_d are the frozen stage-1 params (`config.erl.autoencoder_workdir`).
+The params are {'transformer', 'fusion'}; which of them train is
+`config.erl.stage2_trains`: 'transformer', the paper's "only the transformer
+encoder t_e is trained" (W keeps its start, `config.erl.fusion_init`, by a
+stopped gradient), or 'transformer_and_fusion' (this project's variant).
+The pretext loss (`config.loss.pretext`, Table 2's arms): 'phase' (the
+paper's Fourier-phase loss), 'l1' (pixel L1) or 'none' (t_e stays random).
+
+Logged each step, to see whether t_e learns anything:
+  fprime_dependence: mean |I' - I'(F' = 0)|, how much the reconstruction
+    depends on F' at all;
+  fprime_batch_std: the std of F' across the batch, averaged over its
+    entries (near 0: t_e collapsed to one F' for every image);
+  fusion_fprime_norm: the norm of W's F' half;
+  grad_norm (the trainer's): with W frozen, t_e's gradient norm.
+Evaluated under 'reconstruction': I', each image alone in its batch.
 """
 
 from typing import Any
@@ -27,6 +39,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'config.erl.num_heads={config.erl.num_heads} must divide the token '
         f'size token_size^2 * features = {model.token_dim}.')
+  if config.erl.fusion_init not in erl.FUSION_INITS:
+    raise ValueError(f'config.erl.fusion_init must be one of '
+                     f'{erl.FUSION_INITS}, got {config.erl.fusion_init!r}.')
+  if config.erl.stage2_trains not in STAGE2_TRAINS:
+    raise ValueError(f'config.erl.stage2_trains must be one of '
+                     f'{STAGE2_TRAINS}, got {config.erl.stage2_trains!r}.')
   if config.erl.batch_attention not in erl.BATCH_ATTENTION_MODES:
     raise ValueError(f'config.erl.batch_attention must be one of '
                      f'{erl.BATCH_ATTENTION_MODES}, got '
@@ -41,6 +59,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         'per_device batch attention with one image per device: each image '
         'attends only to itself. Use a larger batch or batch_attention=global.')
   load_frozen(config)
+
+
+STAGE2_TRAINS = ('transformer', 'transformer_and_fusion')
+
+
+def create_model(config: ml_collections.ConfigDict) -> erl.BCM:
+  return erl_pretext.create_model(config).clone(
+      fusion_init=config.erl.fusion_init)
 
 
 def init_params(model: erl.BCM, rng: jax.Array) -> Any:
@@ -63,12 +89,32 @@ def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
             frozen: dict[str, Any]) -> contract.LossOutput:
   """The pretext loss of a float batch of normal-exposure 'image's."""
   images = batch['image']
-  reconstructed = erl.bcm_reconstruct(
-      model, {**frozen, **params}, images, mode=config.erl.batch_attention)
+  if config.erl.stage2_trains == 'transformer':
+    params = {**params, 'fusion': jax.lax.stop_gradient(params['fusion'])}
+  params = {**frozen, **params}
+  features = model.apply({'params': params}, images, method=erl.BCM.encode)
+  tokens = model.apply({'params': params}, features, method=erl.BCM.tokens)
+  correlated = erl.correlate(model, params, tokens,
+                             mode=config.erl.batch_attention)
+  reconstructed = model.apply({'params': params}, features, correlated,
+                              method=erl.BCM.fuse_and_decode)
   phase = erl.phase_loss(images, reconstructed)
   l1 = jnp.mean(jnp.abs(reconstructed - images))
-  loss = phase if config.loss.pretext == 'phase' else l1
-  return contract.LossOutput(loss, {'phase': phase, 'l1': l1})
+  losses = {'phase': phase, 'l1': l1, 'none': jnp.zeros((), jnp.float32)}
+  without = jax.lax.stop_gradient(model.apply(
+      {'params': params}, features, jnp.zeros_like(correlated),
+      method=erl.BCM.fuse_and_decode))
+  kernel = params['fusion']['kernel']
+  metrics = {
+      'phase': phase, 'l1': l1,
+      'fprime_dependence': jnp.mean(jnp.abs(
+          jax.lax.stop_gradient(reconstructed) - without)),
+      'fprime_batch_std': jnp.mean(jnp.std(
+          jax.lax.stop_gradient(correlated), axis=0)),
+      'fusion_fprime_norm': jnp.sqrt(jnp.sum(
+          jax.lax.stop_gradient(kernel[:, :, model.features:])**2)),
+  }
+  return contract.LossOutput(losses[config.loss.pretext], metrics)
 
 
 def correct(model: erl.BCM, params: Any, images: jax.Array) -> jax.Array:
@@ -78,7 +124,7 @@ def correct(model: erl.BCM, params: Any, images: jax.Array) -> jax.Array:
 
 TASK = contract.Task(
     name=erl_pretext.BCM_MODEL,
-    create_model=erl_pretext.create_model,
+    create_model=create_model,
     init_params=init_params,
     loss_fn=loss_fn,
     make_train_loader=erl_pretext.make_train_loader,

@@ -40,7 +40,9 @@ from expcorr_jax.tasks import contract
 
 AUTOENCODER = 'erl_autoencoder'
 BCM_MODEL = 'erl_bcm'
-PRETEXT_LOSSES = ('phase', 'l1')
+# Table 2's arms: the Fourier-phase pretext (the paper's), pixel L1, and
+# none (t_e stays at its random initialisation).
+PRETEXT_LOSSES = ('phase', 'l1', 'none')
 # Fields of config.erl that fix the shapes of f_e and f_d (stage 1's params).
 _CONV_FIELDS = ('features', 'encoder_layers', 'decoder_layers')
 _TRANSFORMER_FIELDS = ('token_size', 'transformer_layers', 'num_heads',

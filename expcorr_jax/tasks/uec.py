@@ -11,8 +11,11 @@ Loss (released code): restoration = MSE(three-pass output(input, target),
 target), where the target frame is also the reference; monotonicity =
 mean(relu(out(input, ref_lo) - out(input, ref_hi))) with single passes and two
 references of another scene; an optional total variation term (the paper's,
-weight 0.1; off in the released code). The three-pass restoration and its
-target are what a regulariser (ERL, `config.regulariser`) compares.
+weight 0.1; off in the released code). With a regulariser (ERL,
+`config.regulariser`) the sampler also gives the scene's EV 0 frame, and
+the regulariser compares the input's three-pass correction towards that
+frame with the frame itself (one more forward pass per step), as the paper
+compares an output with its normal-exposure ground truth.
 
 Correction: three passes towards a reference image (the official inference).
 Evaluation corrects every validation frame towards one fixed reference
@@ -63,10 +66,16 @@ class IndexedSource(grain.sources.RandomAccessDataSource):
 
 @dataclasses.dataclass
 class UECSample(grain.transforms.RandomMap):
-  """(index, scene record) -> input/target of that scene + refs of another."""
+  """(index, scene record) -> input/target of that scene + refs of another.
+
+  With `with_normal`, also the scene's frame nearest EV 0 ('normal', cropped
+  and flipped with the input), which ERL's regulariser compares against; it
+  draws no random number, so every other field is exactly as without it.
+  """
   source: IndexedSource
   crop_size: int | None
   flip: bool
+  with_normal: bool = False
 
   def random_map(self, element, rng: np.random.Generator) -> dict[str, Any]:
     index, record = element
@@ -92,26 +101,36 @@ class UECSample(grain.transforms.RandomMap):
     frames = record['frames']
     other_frames = other_record['frames']
     decode = input_pipeline.decode
-    image_in, image_target = input_pipeline.crop_and_flip(
-        [decode(frames[input_frame]), decode(frames[target_frame])], rng,
-        self.crop_size, self.flip)
+    scene_frames = [decode(frames[input_frame]), decode(frames[target_frame])]
+    if self.with_normal:
+      normal_frame = int(np.argmin(np.abs(evs)))
+      scene_frames.append(decode(frames[normal_frame]))
+    # One crop box and flip for every frame of the scene.
+    image_in, image_target, *normal = input_pipeline.crop_and_flip(
+        scene_frames, rng, self.crop_size, self.flip)
     ref_lo, ref_hi = input_pipeline.crop_and_flip(
         [decode(other_frames[lo]), decode(other_frames[hi])], rng,
         self.crop_size, self.flip)
-    return {
+    sample = {
         'input': image_in, 'target': image_target,
         'ref_lo': ref_lo, 'ref_hi': ref_hi,
         'input_ev': evs[input_frame], 'target_ev': evs[target_frame],
         'ref_lo_ev': other_evs[lo], 'ref_hi_ev': other_evs[hi],
     }
+    if self.with_normal:
+      sample['normal'] = normal[0]
+      sample['normal_ev'] = evs[normal_frame]
+    return sample
 
 
 def train_loader(source, *, crop_size: int | None, flip: bool,
+                 with_normal: bool = False,
                  **loader_kwargs) -> grain.DataLoader:
   """The UEC sampler over a multi-exposure source, as a grain loader."""
   indexed = IndexedSource(source)
   return input_pipeline.make_train_loader(
-      indexed, UECSample(indexed, crop_size, flip), **loader_kwargs)
+      indexed, UECSample(indexed, crop_size, flip, with_normal),
+      **loader_kwargs)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -136,7 +155,9 @@ def make_train_loader(config, train_source, **loader_kwargs):
         "'multi_exposure/raw' (with data.manual_dir) or another "
         'multi_exposure config.')
   return train_loader(train_source, crop_size=config.data.crop_size,
-                      flip=config.data.flip, **loader_kwargs)
+                      flip=config.data.flip,
+                      with_normal=config.regulariser is not None,
+                      **loader_kwargs)
 
 
 def total_variation(images: jax.Array) -> jax.Array:
@@ -162,8 +183,18 @@ def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
     tv = total_variation(restored)
     loss += config.loss.tv_weight * tv
     metrics['tv'] = tv
-  return contract.LossOutput(loss, metrics, output=restored,
-                             target=batch['target'])
+  if config.regulariser is None:
+    return contract.LossOutput(loss, metrics, output=restored,
+                               target=batch['target'])
+  # With a regulariser (ERL): as the paper compares a corrected output with
+  # its normal-exposure ground truth, the input is corrected towards the
+  # scene's EV 0 frame (three passes, one more forward pass than UEC's own
+  # loss) and compared with that frame.
+  towards_normal = model.apply({'params': params}, batch['input'],
+                               batch['normal'], config.loss.num_passes,
+                               method=uec.UEC.multi_pass)
+  return contract.LossOutput(loss, metrics, output=towards_normal,
+                             target=batch['normal'])
 
 
 def correct(model: uec.UEC, params: Any, images: jax.Array,
