@@ -1,9 +1,10 @@
 r"""ERL stage 1: the BCM's encoder f_e and decoder f_d as an auto-encoder.
 
 "Learning Sample Relationship for Exposure Correction" (CVPR 2023) first
-trains f_e and f_d to reconstruct normal-exposure images (Sec. 3.2), then
-freezes them for stage 2 (configs/erl_bcm.py). Here the normal exposure is the
-EV 0 frame of every scene (or each pair's target on a paired dataset).
+trains f_e and f_d as a "self-reconstruction" auto-encoder (Sec. 3.2), then
+freezes them for stage 2 (configs/erl_bcm.py). The paper does not say on
+which images; this project uses the normal-exposure images stage 2 uses:
+the EV 0 frame of every scene (or each pair's target on a paired dataset).
 
   python -m expcorr_jax.main --config=configs/erl_autoencoder.py --workdir=/tmp/erl_ae
   # On a CPU, on the embedded sample, in a minute or two:

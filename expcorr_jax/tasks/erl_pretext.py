@@ -1,15 +1,19 @@
 """ERL's pretext stages: what the two BCM tasks share.
 
 ERL ("Learning Sample Relationship for Exposure Correction", CVPR 2023)
-trains its batch-correlation module (BCM, models/erl.py) in two stages, both
-on normal-exposure images only, before a third stage uses it as a loss term:
+trains its batch-correlation module (BCM, models/erl.py) in two stages
+before a third stage uses it as a loss term. The paper trains stage 2 on
+normal-exposure images and calls stage 1 a "self-reconstruction" without
+naming its data; training stage 1 on the same normal-exposure images is
+this project's choice.
 
 - 'erl_autoencoder' (stage 1, tasks/erl_autoencoder.py): f_e and f_d learn
-  to reconstruct their input, L1(f_d(f_e(I)), I).
+  to reconstruct their input, L1(f_d(f_e(I)), I) (L1: this project's
+  choice).
 - 'erl_bcm' (stage 2, tasks/erl_bcm.py): f_e, f_d are loaded frozen from the
-  stage-1 workdir (`config.erl.autoencoder_workdir`); t_e and the 1x1 fusion
-  are trained with the phase loss (or, as the paper's Table 2 ablation,
-  pixel L1).
+  stage-1 workdir (`config.erl.autoencoder_workdir`); t_e is trained (W too
+  in this project's variant) with the phase loss, pixel L1 or no loss
+  (Table 2's arms, `config.loss.pretext`).
 - Stage 3 (tasks/erl.py, the regulariser for any corrector): `load_bcm`
   gives the frozen params for `erl.regulariser`.
 
