@@ -296,19 +296,28 @@ def _peak_memory_and_time(imports: str, code: str
           float(words[words.index('TIME') + 1]), result.stdout)
 
 
+def _assert_refused_cheaply(imports: str, call: str, error: str,
+                            expected: str, max_seconds: float) -> None:
+  """`call` (after `imports`) raises `error` naming `expected`, adding under
+  32 MiB to the peak RSS in under `max_seconds` (a fresh interpreter)."""
+  rss, seconds, output = _peak_memory_and_time(imports, f'''
+try:
+  {call}
+except {error} as e:
+  print('REFUSED', e)
+''')
+  assert 'REFUSED' in output and expected in output, output
+  print(f'{call}: +{rss:.1f} MiB, {seconds:.3f} s')
+  assert rss < 32 and seconds < max_seconds, (rss, seconds)
+
+
 def test_refusals_allocate_little_memory(tmp_path):
   bomb = tmp_path / 'huge.png'
   bomb.write_bytes(FILES['huge_header'][1])
-  rss, seconds, output = _peak_memory_and_time(
-      'from data_prep import image_codec', f'''
-try:
-  image_codec.read_image({str(bomb)!r})
-except image_codec.ImageDecodeError as e:
-  print('REFUSED', e)
-''')
-  assert 'REFUSED' in output and 'over the cap' in output
-  print("huge header: +%.1f MiB, %.3f s" % (rss, seconds))
-  assert rss < 32 and seconds < 2, (rss, seconds)
+  _assert_refused_cheaply(
+      'from data_prep import image_codec',
+      f'image_codec.read_image({str(bomb)!r})', 'image_codec.ImageDecodeError',
+      'over the cap', max_seconds=2)
 
   # The 1.5 KB .pth of one element expanded by stride 0 to 50000 x 50000
   # (10 GB if materialised).
@@ -316,16 +325,10 @@ except image_codec.ImageDecodeError as e:
   pth_writer.write_zip(stride0, pth_writer.pickle(pth_writer.ordered_dict([(
       'w', pth_writer.tensor('0', np.dtype(np.float32), 1, 0, (50000, 50000),
                              (0, 0)))])), {'0': np.ones(1, np.float32).tobytes()})
-  rss, seconds, output = _peak_memory_and_time(
-      'from expcorr_jax.weights import unpickling', f'''
-try:
-  unpickling.load_state_dict({str(stride0)!r})
-except unpickling.UnsafeCheckpointError as e:
-  print('REFUSED', e)
-''')
-  assert 'REFUSED' in output and '50000' in output
-  print("stride-0 pth: +%.1f MiB, %.3f s" % (rss, seconds))
-  assert rss < 32 and seconds < 1, (rss, seconds)
+  _assert_refused_cheaply(
+      'from expcorr_jax.weights import unpickling',
+      f'unpickling.load_state_dict({str(stride0)!r})',
+      'unpickling.UnsafeCheckpointError', '50000', max_seconds=1)
 
 
 def _layout(builder: str, root: pathlib.Path) -> None:

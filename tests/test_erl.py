@@ -217,15 +217,10 @@ def test_per_device_attention_equals_each_sub_batch_alone(bcm):
 def test_stage2_per_device_train_step_on_8_devices():
   """The real sharded step finds the mesh: its loss is the mean over the
   sub-batches attended to alone (not the whole batch's)."""
-  config = _config('erl_bcm')
+  config, model, frozen, start = _stage2_setup()
   config.erl.batch_attention = 'per_device'
-  model = bcm_task.TASK.create_model(config)
-  frozen = jax.jit(functools.partial(model.init, method=erl.BCM.reconstruct))(
-      _key(5), jnp.zeros((1, 8, 8, 3)))['params']
-  # Host copies (the step donates its state), with the fusion's F' half made
-  # non-zero so that t_e, and so the mode, matters from the first step.
-  start = jax.tree.map(np.array, jax.jit(functools.partial(
-      bcm_task.init_params, model))(_key(6)))
+  # The fusion's F' half made random, so that t_e, and so the mode, matters
+  # from the first step.
   assert set(start) == {'transformer', 'fusion'}
   kernel = start['fusion']['kernel']
   kernel[:, :, model.features:] = np.random.default_rng(1).normal(
@@ -239,21 +234,11 @@ def test_stage2_per_device_train_step_on_8_devices():
   whole_batch = float(loss(images))
   assert abs(per_sub_batch - whole_batch) > 1e-4
 
-  optimizer = optax.sgd(0.1)
-  mesh = train.make_mesh()
-  state = jax.device_put(
-      train.TrainState(step=jnp.zeros((), jnp.int32), params=start,
-                       opt_state=optimizer.init(start)),
-      jax.sharding.NamedSharding(mesh, P()))
-  step = train.make_train_step(model, config, optimizer, mesh,
-                               {'task': frozen, 'regulariser': None})
-  state, metrics = step(state, train.make_global_batch(batch, mesh))
+  params, metrics = _train_steps(config, model, frozen, start, steps=1,
+                                 optimizer=optax.sgd(0.1), batch=batch)
   assert float(metrics['loss']) == pytest.approx(float(per_sub_batch),
                                                  rel=1e-5)
-  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(jax.device_get(state.params['transformer'])),
-      jax.tree.leaves(start['transformer'])))
-  assert moved > 1e-6
+  assert _max_change(params['transformer'], start['transformer']) > 1e-6
 
 
 def test_normal_exposure_sampler_takes_ev0_frames_and_pair_targets():
@@ -385,6 +370,8 @@ def test_stage2_trains_evaluates_and_loads_for_stage3(sample_data_dir,
 
 
 def _stage2_setup(pretext='phase', trains='transformer'):
+  """(config, model, frozen stage 1, host copies of fresh stage-2 params:
+  the step donates its state)."""
   config = _config('erl_bcm')
   config.loss.pretext = pretext
   config.erl.stage2_trains = trains
@@ -396,8 +383,12 @@ def _stage2_setup(pretext='phase', trains='transformer'):
   return config, model, frozen, start
 
 
-def _train_steps(config, model, frozen, start, steps=3):
-  optimizer = optax.adam(1e-2)
+def _train_steps(config, model, frozen, start, steps=3, optimizer=None,
+                 batch=None):
+  """`steps` real sharded train steps from `start`: (params, last metrics)."""
+  optimizer = optimizer or optax.adam(1e-2)
+  if batch is None:
+    batch = {'image': np.round(_images(8) * 255).astype(np.uint8)}
   mesh = train.make_mesh()
   state = jax.device_put(
       train.TrainState(step=jnp.zeros((), jnp.int32), params=start,
@@ -405,7 +396,6 @@ def _train_steps(config, model, frozen, start, steps=3):
       jax.sharding.NamedSharding(mesh, P()))
   step = train.make_train_step(model, config, optimizer, mesh,
                                {'task': frozen, 'regulariser': None})
-  batch = {'image': np.round(_images(8) * 255).astype(np.uint8)}
   for _ in range(steps):
     state, metrics = step(state, train.make_global_batch(batch, mesh))
   return jax.device_get(state.params), jax.device_get(metrics)

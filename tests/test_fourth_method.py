@@ -21,7 +21,6 @@ import pytest
 
 from data_prep import build
 from expcorr_jax import checkpointing
-from expcorr_jax import evaluation
 from expcorr_jax import inference
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels

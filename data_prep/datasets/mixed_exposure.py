@@ -20,8 +20,6 @@ RECNet's loader and the evaluation read it as they read LCDP), plus:
 
 import dataclasses
 import math
-import os
-import pathlib
 from typing import Any, Iterator
 
 from absl import logging
@@ -32,11 +30,8 @@ from data_prep import camera_tags
 from data_prep import image_codec
 from data_prep import mixed_exposure as mixed_render
 from data_prep import raw_render
-from data_prep import render_raw
-from data_prep.datasets import file_checks
 from data_prep.datasets import multi_exposure
 from data_prep.datasets import paired
-from data_prep.datasets import scene_split
 
 
 @dataclasses.dataclass
@@ -93,30 +88,16 @@ class MixedExposure(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    if config.source == 'sample':
-      scenes, split_of = multi_exposure.sample_raw_scenes(self)
-    else:
-      manual_dir = pathlib.Path(os.fspath(dl_manager.manual_dir))
-      try:
-        paths = render_raw.find_raw_files([manual_dir])
-      except render_raw.RenderInputError as e:
-        raise ValueError(f'mixed_exposure/{config.name}: {e}') from e
-      scenes = [multi_exposure.RawScene(p.stem, p, p.name) for p in paths]
-      split_of = None
-    unreadable = []
-    scenes = sorted(multi_exposure.usable_raws(scenes, unreadable),
-                    key=lambda s: s.scene)
-    if split_of is None:
-      split_of = scene_split.assign_splits(
-          [s.scene for s in scenes], config.validation_fraction)
+    scenes, split_of, left_out = multi_exposure.usable_raw_scenes(
+        self, f'mixed_exposure/{config.name}', config.source, dl_manager,
+        config.validation_fraction)
     by_split: dict[str, list[Any]] = {}
     for scene in scenes:
       by_split.setdefault(split_of[scene.scene], []).append(scene)
     self.info.metadata.update({
         'kept': {split: len(s) * config.maps_per_raw
                  for split, s in by_split.items()},
-        'left_out': [file_checks.Omission('', s.source, reason).as_dict()
-                     for s, reason in unreadable]})
+        'left_out': left_out})
     return {split: self._generate_examples(split_scenes)
             for split, split_scenes in sorted(by_split.items())}
 

@@ -184,6 +184,46 @@ def sample_raw_scenes(owner: Any) -> tuple[list[RawScene], dict[str, str]]:
                   for s in scenes}
 
 
+def usable_raw_scenes(owner: Any, dataset: str, source: str,
+                      dl_manager: tfds.download.DownloadManager,
+                      validation_fraction: float
+                      ) -> tuple[list[RawScene], dict[str, str], list[dict]]:
+  """The RAW scenes a build reads, as the RAW-based builders share them.
+
+  Args:
+    owner: the builder (the sample's temporary DNGs live as long as it).
+    dataset: e.g. 'multi_exposure/raw', for messages.
+    source: 'sample' (the embedded sample, split by photo) or 'raw' (the RAW
+      files below `manual_dir`, scene-disjoint deterministic splits).
+    dl_manager: its manual_dir holds the RAW files ('raw' only: TFDS fails
+      when a missing manual_dir is read, which the sample does not need).
+    validation_fraction: share of scenes for validation ('raw' only).
+
+  Returns:
+    (usable scenes sorted by name, scene -> split, the unreadable RAWs as
+    omission records for the dataset's metadata: they are left out before
+    scenes are split).
+  """
+  if source == 'sample':
+    scenes, split_of = sample_raw_scenes(owner)
+  else:
+    try:
+      paths = render_raw.find_raw_files(
+          [pathlib.Path(os.fspath(dl_manager.manual_dir))])
+    except render_raw.RenderInputError as e:
+      raise ValueError(f'{dataset}: {e}') from e
+    scenes = [RawScene(path.stem, path, path.name) for path in paths]
+    split_of = None
+  unreadable = []
+  scenes = sorted(usable_raws(scenes, unreadable), key=lambda s: s.scene)
+  if split_of is None:
+    split_of = scene_split.assign_splits([s.scene for s in scenes],
+                                         validation_fraction)
+  left_out = [file_checks.Omission('', scene.source, reason).as_dict()
+              for scene, reason in unreadable]
+  return scenes, split_of, left_out
+
+
 class MultiExposure(tfds.core.GeneratorBasedBuilder):
   """Multi-exposure sequences (one example per scene) rendered from RAW."""
 
@@ -236,28 +276,13 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     if config.source == 'rendered':
       return self._rendered_split_generators(
           pathlib.Path(os.fspath(dl_manager.manual_dir)))
-    if config.source == 'sample':
-      scenes, split_of = self._sample_raws()
-    else:
-      manual_dir = pathlib.Path(os.fspath(dl_manager.manual_dir))
-      try:
-        paths = render_raw.find_raw_files([manual_dir])
-      except render_raw.RenderInputError as e:
-        raise ValueError(f'multi_exposure/{config.name}: {e}') from e
-      scenes = [RawScene(path.stem, path, path.name) for path in paths]
-      split_of = None
-    unreadable = []
-    scenes = sorted(usable_raws(scenes, unreadable), key=lambda s: s.scene)
-    if split_of is None:
-      split_of = scene_split.assign_splits(
-          [s.scene for s in scenes], config.validation_fraction)
+    scenes, split_of, left_out = usable_raw_scenes(
+        self, f'multi_exposure/{config.name}', config.source, dl_manager,
+        config.validation_fraction)
     kept: dict[str, int] = {}
     for scene in scenes:
       kept[split_of[scene.scene]] = kept.get(split_of[scene.scene], 0) + 1
-    # Unreadable RAWs are left out before scenes are split.
-    self.info.metadata.update({'kept': kept, 'left_out': [
-        file_checks.Omission('', scene.source, reason).as_dict()
-        for scene, reason in unreadable]})
+    self.info.metadata.update({'kept': kept, 'left_out': left_out})
     return self._group(scenes, split_of)
 
   def _group(self, scenes, split_of) -> dict[str, Any]:
@@ -272,9 +297,6 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
           len(scenes))
     return {split: self._generate_examples(split_scenes)
             for split, split_scenes in sorted(by_split.items())}
-
-  def _sample_raws(self) -> tuple[list[RawScene], dict[str, str]]:
-    return sample_raw_scenes(self)
 
   def _generate_raw_examples(self, scenes: Sequence[RawScene]
                              ) -> Iterator[tuple[str, dict[str, Any]]]:
