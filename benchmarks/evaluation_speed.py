@@ -21,6 +21,7 @@ import jax
 
 from data_prep import build
 from expcorr_jax import config_args
+from expcorr_jax import corrections
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
 from expcorr_jax import protocols
@@ -35,8 +36,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir of the '
 
 
 def _count_compiles() -> int:
-  return sum(jitted._cache_size()  # pylint: disable=protected-access
-             for jitted in evaluation.compiled_corrections())
+  return corrections.compile_count()
 
 
 def benchmark(method: str) -> str:

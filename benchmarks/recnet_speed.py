@@ -228,7 +228,8 @@ def benchmark_train(peak) -> tuple[list[dict], str]:
 
     def step(params, opt_state, batch, frozen, model=model):
       loss, grads = jax.value_and_grad(
-          lambda p: recnet_task.loss_fn(model, p, batch, config, frozen).loss
+          lambda p: recnet_task.loss_fn(model, p, batch, config,
+                                        frozen=frozen).loss
       )(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss

@@ -20,64 +20,16 @@ erl.features / encoder_layers / decoder_layers (it checks).
 import ml_collections
 
 from expcorr_jax import config_args
+from expcorr_jax.tasks import erl_pretext
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the stage-1 config; `arg='runlocal'` shrinks it for a CPU."""
   arg = config_args.parse_arg(arg, runlocal=False)
-  config = ml_collections.ConfigDict()
+  config = erl_pretext.pretext_config(arg.runlocal)
   config.model = 'erl_autoencoder'
-  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
-  config.regulariser = None
-  config.seed = 0
-
-  config.erl = ml_collections.ConfigDict()
-  config.erl.features = 8  # C, the channels of F (full resolution).
-  config.erl.encoder_layers = 3  # 3x3 convs in f_e.
-  config.erl.decoder_layers = 3  # 3x3 convs in f_d.
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'multi_exposure/sample'
-  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.train_split = 'train'
-  config.data.eval_split = 'validation'
-  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
-  # pairs; UEC's radiometry table uses -3 (see README).
-  config.data.target_ev = 0.0
-  config.data.normal_ev = 0.0  # Multi-exposure data: the frame to learn.
-  config.data.crop_size = 256
-  config.data.flip = True
-  config.data.worker_count = 2
-
-  config.batch_size = 8
-  config.num_train_steps = 50_000
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4
-  config.optimizer.b1 = 0.9  # The paper's betas.
-  config.optimizer.b2 = 0.99
-  # MultiStepLR steps (the rate times decay_factor at each); none here.
-  config.optimizer.decay_steps = ()
-  config.optimizer.decay_factor = 1.0
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.protocols = ('reconstruction',)
-  config.eval.max_images = ml_collections.FieldReference(None, field_type=int)
-  config.eval.num_grid_images = 4
-
-  config.log_every_steps = 100
-  config.eval_every_steps = 5_000
-  config.checkpoint_every_steps = 1_000
-  config.keep_checkpoints = 3
-
   if arg.runlocal:
-    config.data.crop_size = 64
-    config.data.worker_count = 0
     config.num_train_steps = 300
-    config.log_every_steps = 25
     config.eval_every_steps = 150
-    config.checkpoint_every_steps = 100
-    config.eval.max_images = 8
     config.optimizer.learning_rate = 1e-3
   return config

@@ -45,6 +45,7 @@ produced the released weights, are the defaults.
 
 import ml_collections
 
+from expcorr_jax import base_config
 from expcorr_jax import config_args
 from expcorr_jax.tasks import erl
 
@@ -52,41 +53,22 @@ from expcorr_jax.tasks import erl
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The RECNet config; `arg` 'runlocal' shrinks it for a CPU, 'erl' adds ERL."""
   arg = config_args.parse_arg(arg, runlocal=False, erl=False, mixed=False)
-  config = ml_collections.ConfigDict()
+  config = base_config.get_config(runlocal=arg.runlocal)
   config.model = 'recnet'
-  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
-  config.regulariser = None
   config.model_nc = 8  # Feature width.
   config.model_num_blocks = 5  # Dual blocks.
   config.model_num_heads = 2  # Channel-attention heads; must divide nc.
-  config.seed = 0
 
-  config.data = ml_collections.ConfigDict()
-  # 'multi_exposure/sample' (embedded), 'msec', 'sice', 'lcdp', or another
-  # multi_exposure config (read as EV != 0 -> EV 0 pairs).
-  config.data.name = 'multi_exposure/sample'
-  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.train_split = 'train'
-  config.data.eval_split = 'validation'
-  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
-  # pairs; UEC's radiometry table uses -3 (see README).
-  config.data.target_ev = 0.0
+  # data.name: 'multi_exposure/sample' (embedded), 'msec', 'sice', 'lcdp', or
+  # another multi_exposure config (read as EV != 0 -> EV 0 pairs).
   config.data.crop_size = 384
-  config.data.flip = True
   # One random RGB order per pair, the same for input and target. Not in the
   # released config; exposure (x 2^EV, clip, a per-channel tone curve) acts
   # on each channel alike, so a permuted pair is still a valid pair. Useful
   # when the training photos share one colour range (see runlocal).
   config.data.channel_permute = False
-  config.data.worker_count = 2
 
-  config.batch_size = 8
   config.num_train_steps = 300_000
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4
-  config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.99
   # MultiStepLR: the rate is multiplied by decay_factor at each of these steps.
   config.optimizer.decay_steps = (150_000, 225_000)
@@ -104,16 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.ecr_weight = 0.1  # 0 skips the VGG16 ECR term entirely.
   config.loss.ecr_pool = 4  # Max pool before VGG in ECR (crops >= 8x this).
 
-
-  config.eval = ml_collections.ConfigDict()
   config.eval.protocols = ('recnet', 'enc_fecnet')
-  config.eval.max_images = ml_collections.FieldReference(None, field_type=int)
-  config.eval.num_grid_images = 4
-
-  config.log_every_steps = 100
   config.eval_every_steps = 10_000
-  config.checkpoint_every_steps = 1_000
-  config.keep_checkpoints = 3
 
   if arg.runlocal:
     # CPU-sized: one dual block at the released width (nc 8) on 96x96 crops,
@@ -139,14 +113,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_num_blocks = 1
     config.data.crop_size = 96
     config.data.channel_permute = True
-    config.data.worker_count = 0
     config.batch_size = 2
     config.num_train_steps = 5000
     config.optimizer.learning_rate = 2e-3
     config.optimizer.decay_steps = (4000,)
     config.log_every_steps = 250
     config.eval_every_steps = 1_000_000  # Only the final evaluation.
-    config.checkpoint_every_steps = 1000
   if arg.mixed:
     # Mixed exposure rendered from RAW (data_prep/mixed_exposure.py): the
     # embedded sample's RAWs with smooth EV maps; any RAW folder with

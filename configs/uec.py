@@ -35,6 +35,7 @@ the notes; 8 and 100k are this project's choices.
 
 import ml_collections
 
+from expcorr_jax import base_config
 from expcorr_jax import config_args
 from expcorr_jax.tasks import erl
 
@@ -42,37 +43,11 @@ from expcorr_jax.tasks import erl
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The UEC config; `arg` 'runlocal' shrinks it for a CPU, 'erl' adds ERL."""
   arg = config_args.parse_arg(arg, runlocal=False, erl=False)
-  config = ml_collections.ConfigDict()
+  config = base_config.get_config(runlocal=arg.runlocal)
   config.model = 'uec'
-  # A training regulariser (ERL stage 3: `erl.config_block()`); None: none.
-  config.regulariser = None
   # The exposure encoder sees inputs resized to this height (official: 256).
   config.model_encoder_height = 256
-  config.seed = 0
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'multi_exposure/sample'
-  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.train_split = 'train'
-  config.data.eval_split = 'validation'
-  # Multi-exposure data is evaluated as (EV != target_ev -> target_ev)
-  # pairs; UEC's radiometry table uses -3 (see README).
-  config.data.target_ev = 0.0
   config.data.crop_size = 448
-  config.data.flip = True
-  config.data.worker_count = 2
-
-  config.batch_size = 8
-  config.num_train_steps = 100_000
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  # MultiStepLR steps (the rate times decay_factor at each); none here.
-  config.optimizer.decay_steps = ()
-  config.optimizer.decay_factor = 1.0
 
   config.loss = ml_collections.ConfigDict()
   config.loss.num_passes = 3
@@ -80,26 +55,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.monotonicity_weight = 1.0
   config.loss.tv_weight = 0.0  # The paper's 0.1; the released code drops it.
 
-
-  config.eval = ml_collections.ConfigDict()
   # 'sample': a well-exposed frame of the embedded sample; or an image path.
   config.eval.reference = 'sample'
   config.eval.protocols = ('full', 'uec256')
-  config.eval.max_images = ml_collections.FieldReference(None, field_type=int)
-  config.eval.num_grid_images = 4
-
-  config.log_every_steps = 100
-  config.eval_every_steps = 5_000
-  config.checkpoint_every_steps = 1_000
-  config.keep_checkpoints = 3
 
   if arg.runlocal:
     config.model_encoder_height = 128  # 4x fewer encoder FLOPs on a CPU.
     config.data.crop_size = 128
-    config.data.worker_count = 0
     config.batch_size = 4
     config.num_train_steps = 200
-    config.log_every_steps = 25
     config.eval_every_steps = 200  # Only the final evaluation.
     config.checkpoint_every_steps = 100
     config.optimizer.learning_rate = 1e-3

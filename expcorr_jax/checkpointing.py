@@ -136,15 +136,12 @@ def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
       state)
 
 
-def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
-  """Params, config and step of a training checkpoint, for inference.
+def _open_read_only(path: str) -> tuple[ocp.CheckpointManager, int, str]:
+  """(read-only manager, step, step folder) of a checkpoint path.
 
-  Args:
-    path: a training workdir, its `checkpoints/` folder, or one step's folder
-      (`.../checkpoints/<step>`); a workdir or folder means its latest step.
-
-  Returns:
-    (params as numpy arrays, the training config as a dict, the step).
+  `path` is a training workdir, its `checkpoints/` folder, or one step's
+  folder (`.../checkpoints/<step>`); a workdir or folder means its latest
+  step.
 
   Raises:
     FileNotFoundError: no checkpoint there.
@@ -160,16 +157,52 @@ def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
   else:
     directory = path
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoint at {path}: give a training '
-                            'workdir, its checkpoints/ folder or a step folder.')
+    raise FileNotFoundError(
+        f'No checkpoint at {path}: give a training workdir, its checkpoints/ '
+        'folder or a step folder.')
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'config': ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
+    manager.close()
     raise FileNotFoundError(f'No complete checkpoint in {directory}: train '
                             'first, or give the path of a finished one.')
+  return manager, step, os.path.join(directory, str(step))
+
+
+def read_config(path: str) -> tuple[dict[str, Any], int, str]:
+  """The saved config, step and step folder of a checkpoint; no params read.
+
+  For checks before anything is loaded (which method, which settings).
+  `path` as in `load_params`.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+  """
+  manager, step, folder = _open_read_only(path)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))
+  manager.close()
+  return dict(restored.config), step, folder
+
+
+def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
+  """Params, config and step of a training checkpoint, for inference.
+
+  Args:
+    path: a training workdir, its `checkpoints/` folder, or one step's folder
+      (`.../checkpoints/<step>`); a workdir or folder means its latest step.
+
+  Returns:
+    (params as numpy arrays, the training config as a dict, the step).
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    ValueError: some params are NaN or infinite.
+  """
+  manager, step, folder = _open_read_only(path)
   # Onto this process's first device, whatever devices and processes wrote
   # it (a checkpoint of a 2-host run loads on a laptop).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -184,5 +217,5 @@ def load_params(path: str) -> tuple[Any, dict[str, Any], int]:
       config=ocp.args.JsonRestore()))
   manager.close()
   params = jax.tree.map(np.asarray, restored.state['params'])
-  check_finite(params, os.path.join(directory, str(step)))
+  check_finite(params, folder)
   return params, dict(restored.config), step

@@ -1,9 +1,13 @@
 r"""Corrects the exposure of photos with a trained or official model: a CLI.
 
   python -m expcorr_jax.correct --checkpoint=PATH --reference=IMG \
-      --output_dir=DIR [--model=uec] [--bits=auto|8|16] INPUTS...
-  python -m expcorr_jax.correct --checkpoint=PATH --model=recnet \
+      --output_dir=DIR [--bits=auto|8|16] INPUTS...
+  python -m expcorr_jax.correct --checkpoint=recnet.pth --model=recnet \
       --output_dir=DIR INPUTS...
+
+A training checkpoint names its method; --model is needed only for an
+official `.pth`, which records none (and is checked against a training
+checkpoint's method where given).
 
 UEC corrects towards the exposure of --reference; RECNet takes no reference.
 
@@ -245,12 +249,15 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       'its checkpoints/ folder or a step folder.',
                       flag_values=flag_values)
   flags.DEFINE_string('reference', None, 'Image whose exposure the outputs '
-                      'should match (UEC).', flag_values=flag_values)
+                      'should match (methods that take one).',
+                      flag_values=flag_values)
   flags.DEFINE_string('output_dir', None, 'Directory for <stem>.png outputs.',
                       flag_values=flag_values)
-  flags.DEFINE_string('model', 'uec', 'The method whose checkpoint it is: '
-                      'uec, recnet, or the module path of a task of your '
-                      'own (as config.model).', flag_values=flag_values)
+  flags.DEFINE_string('model', None, 'The method of an official .pth: a '
+                      'task name (expcorr_jax/tasks/<name>.py) or the module '
+                      'path of a task of your own, as config.model. A '
+                      'training checkpoint names its own.',
+                      flag_values=flag_values)
   flags.DEFINE_enum('bits', 'auto', list(BITS_CHOICES), 'Bits per PNG '
                     'channel; auto: 16 for 16-bit inputs, else 8.',
                     flag_values=flag_values)
@@ -271,10 +278,12 @@ def _load(flag_values: flags.FlagValues
     raise app.UsageError(f'--checkpoint: {e}') from e
   if not corrector.needs_reference:
     if fv.reference:
-      raise app.UsageError(f'--reference: {fv.model} takes no reference.')
+      raise app.UsageError(f'--reference: {corrector.model_name} takes no '
+                           'reference.')
     return corrector, None
   if not fv.reference:
-    raise app.UsageError(f'--reference is required for {fv.model}.')
+    raise app.UsageError(
+        f'--reference is required for {corrector.model_name}.')
   if not os.path.isfile(fv.reference):
     raise app.UsageError(f'--reference: no file {fv.reference}.')
   try:

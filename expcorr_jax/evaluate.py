@@ -16,13 +16,14 @@ r"""Scores a checkpoint on a dataset under its method's protocols: a CLI.
       --output_dir=/tmp/lcdpnet_on_lcdp
 
 The checkpoint is a training workdir, its `checkpoints/` folder, one step's
-folder, or an official `.pth`. The network's settings (`model_*`) come from
-the checkpoint: a workdir's saved config, or the weights' shapes of a `.pth`
-(the rest from --config's defaults). --config supplies the data, the
-evaluation reference and the protocols; where it names other model settings
-than the checkpoint's, the difference is logged as a warning and the
-checkpoint's are used. Evaluation needs nothing that only training needs
-(no regulariser is loaded).
+folder, or an official `.pth`, loaded by `model_loading.load` (as every tool
+loads one) before the dataset is built. The network comes from the
+checkpoint: a workdir's saved config (which must be of --config's method),
+or the weights' shapes of a `.pth` (the rest from --config's defaults).
+--config supplies the data, the evaluation reference and the protocols;
+where it names other model settings than the checkpoint's, the difference
+is logged as a warning and the checkpoint's are used. Evaluation needs
+nothing that only training needs (no regulariser is loaded).
 
 --outputs_dir scores a folder of images instead of a model: each input of
 the split is matched by name to `<outputs_dir>/<protocol>/<name>.<ext>`
@@ -43,7 +44,7 @@ Runs on several processes like training (same flags), each scoring its share.
 
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -53,12 +54,13 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from data_prep import cli
 from data_prep import image_codec
 from data_prep.datasets import manual_layout
-from expcorr_jax import checkpointing
 from expcorr_jax import distributed
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
+from expcorr_jax import model_loading
 from expcorr_jax import pixels
 from expcorr_jax import protocols
 from expcorr_jax import quiet_logs
@@ -67,12 +69,17 @@ from expcorr_jax import tasks
 from expcorr_jax import train
 from expcorr_jax.tasks import contract
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """The CLI's flags (defined when run, so importing defines none)."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 argv: Sequence[str] | None = None) -> None:
+  """The CLI's flags (defined when run, so importing defines none).
+
+  `argv`: the command line the `--config.<field>` overrides are read from
+  (None: sys.argv), for a run in-process (`run`).
+  """
   config_flags.DEFINE_config_file(
       'config', None, 'The method\'s config file (data, reference, '
-      'protocols), e.g. configs/uec.py.', flag_values=flag_values,
-      lock_config=True)
+      'protocols), configs/<method>.py.', flag_values=flag_values,
+      lock_config=True, sys_argv=None if argv is None else list(argv))
   flags.DEFINE_string('checkpoint', None, 'A training workdir, its '
                       'checkpoints/ folder, a step folder, or an official '
                       '.pth.', flag_values=flag_values)
@@ -86,58 +93,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool('progress', True, 'Show a progress bar.',
                     flag_values=flag_values)
   distributed.define_flags(flag_values)
-
-
-def load_checkpoint(config: ml_collections.ConfigDict, path: str
-                    ) -> tuple[contract.Task, Any, Any, dict[str, Any]]:
-  """(task, network, params, facts for the report) of a checkpoint.
-
-  Raises:
-    FileNotFoundError: nothing at `path`.
-    ValueError: the checkpoint holds another method than `config.model`, or
-      the method has no official weights to read from a `.pth`.
-  """
-  task = tasks.get_task(config.model)
-  path = os.path.abspath(os.path.expanduser(path))
-  if path.lower().endswith('.pth'):
-    if task.inference is None or task.inference.load_official is None:
-      raise ValueError(f'{config.model!r} has no official weights to read '
-                       f'from {path}: give a training workdir.')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'No checkpoint file {path}.')
-    params, fields = task.inference.load_official(path)
-    checkpointing.check_finite(params, path)
-    saved = {f'model_{name}': value for name, value in fields.items()}
-    facts = {'checkpoint': path}
-  else:
-    params, saved, step = checkpointing.load_params(path)
-    if saved.get('model') != config.model:
-      raise ValueError(
-          f'{path} holds a {saved.get("model")!r} checkpoint, but --config '
-          f'is for {config.model!r}: pass that method\'s config.')
-    facts = {'checkpoint': path, 'checkpoint_step': step}
-  model_config = _with_saved_model_settings(config, saved)
-  return task, task.create_model(model_config), params, facts
-
-
-def _with_saved_model_settings(config: ml_collections.ConfigDict,
-                               saved: dict[str, Any]
-                               ) -> ml_collections.ConfigDict:
-  """`config` with the checkpoint's `model_*` settings, differences logged."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  different = {key: (config[key], value) for key, value in saved.items()
-               if key.startswith('model_') and key in config
-               and config[key] != value}
-  if different:
-    logging.warning(
-        'The checkpoint was trained with other model settings than --config '
-        'names; using the checkpoint\'s: %s.', ', '.join(
-            f'{key}={value!r} (config: {mine!r})'
-            for key, (mine, value) in different.items()))
-  for key, value in saved.items():
-    if key.startswith('model_'):
-      config[key] = value
-  return config
 
 
 class PrecomputedOutputs:
@@ -178,7 +133,7 @@ class PrecomputedOutputs:
 
   def __call__(self, pair: input_pipeline.EvalPair,
                protocol: contract.Protocol) -> contract.ScoredImages:
-    prepared = protocol.prepare(pair, self._reference)
+    prepared = protocol.prepare(pair, reference=self._reference)
     path = self.files(protocol)[pair.name]
     output = pixels.to_uint8(image_codec.read_image(path))
     if output.shape != prepared.target.shape:
@@ -203,13 +158,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
     raise ValueError('Give exactly one of --checkpoint and --outputs_dir.')
   task = tasks.get_task(config.model)
   chosen = protocols.resolve(task, config.eval.protocols)
+  # The checkpoint is loaded before the dataset is built: a wrong path or
+  # method fails at once.
+  loaded = (None if checkpoint is None else
+            model_loading.load(checkpoint, config=config))
   output_dir = train.local_workdir(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   train.prepare_dataset(config)
   source = train.eval_pairs(config)
   reference = (evaluation.load_reference(config) if task.needs_reference
                else None)
-  if outputs_dir is not None:
+  if loaded is None:
     correct_pair = PrecomputedOutputs(outputs_dir, reference)
     count = input_pipeline.num_eval_pairs(source, config.eval.max_images)
     correct_pair.check_complete(
@@ -218,12 +177,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
     facts = {'outputs_dir': os.path.abspath(os.path.expanduser(outputs_dir))}
     described = facts['outputs_dir']
   else:
-    task, model, params, facts = load_checkpoint(config, checkpoint)
-    if task.correction_params is not None:  # E.g. ERL stage 2's stage 1.
-      params = task.correction_params(params, task.load_frozen(config))
     correct_pair = evaluation.pair_corrector(
-        task, model, params, reference,
+        loaded.task, loaded.model, loaded.correction_params(), reference,
         save_dir=os.path.join(output_dir, 'images') if save_images else None)
+    facts = loaded.facts
     described = checkpoint
   report, _, rows = evaluation.evaluate_source(
       source, correct_pair, chosen, limit=config.eval.max_images,
@@ -250,10 +207,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
   return report
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str],
+         flag_values: flags.FlagValues = flags.FLAGS) -> int:
+  """Runs the CLI on parsed flags; returns the exit code (0)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  fv = flags.FLAGS
+  fv = flag_values
   for name in ('config', 'output_dir'):
     if fv[name].value is None:
       raise app.UsageError(f'--{name} is required.')
@@ -269,6 +228,14 @@ def main(argv: Sequence[str]) -> None:
   except (FileNotFoundError, ValueError,
           image_codec.ImageDecodeError) as e:
     raise app.UsageError(str(e)) from e
+  return 0
+
+
+def run(args: Sequence[str]) -> int:
+  """Parses CLI `args` (no program name) into fresh flags and runs `main`."""
+  return cli.run('evaluate',
+                 lambda fv: define_flags(fv, argv=['evaluate', *args]), main,
+                 args)
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ import numpy as np
 import tqdm
 
 from data_prep import image_codec
+from expcorr_jax import corrections
 from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
 from expcorr_jax import pixels
@@ -101,21 +102,6 @@ def load_reference(config) -> np.ndarray:
 CorrectPair = Callable[[input_pipeline.EvalPair, contract.Protocol],
                        contract.ScoredImages]
 
-_CORRECTIONS: list[Callable] = []  # Every jitted correction made so far.
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_correction(task: contract.Task, model: Any) -> Callable:
-  jitted = jax.jit(functools.partial(task.apply_correction, model))
-  _CORRECTIONS.append(jitted)
-  return jitted
-
-
-def compiled_corrections() -> list[Callable]:
-  """The jitted corrections evaluation made (for counting compiles)."""
-  return list(_CORRECTIONS)
-
-
 class PairCorrector:
   """(pair, protocol) -> `ScoredImages`, for one pair or many.
 
@@ -137,7 +123,7 @@ class PairCorrector:
     self._replicated = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec())
     self._params = jax.device_put(params, self._replicated)
-    self._correct = _jitted_correction(task, model)
+    self._task, self._model = task, model
     self._reference = reference
     self._save_dir = save_dir
     self.batch_size = len(devices)
@@ -150,7 +136,8 @@ class PairCorrector:
                    protocol: contract.Protocol
                    ) -> list[contract.ScoredImages]:
     """`self(pair, protocol)` of each pair, batched by size."""
-    prepared = [protocol.prepare(pair, self._reference) for pair in pairs]
+    prepared = [protocol.prepare(pair, reference=self._reference)
+                for pair in pairs]
     groups = collections.defaultdict(list)
     for index, item in enumerate(prepared):
       reference_shape = (None if item.reference is None
@@ -162,9 +149,11 @@ class PairCorrector:
         chunk = indices[start:start + self.batch_size]
         padded = chunk + chunk[-1:] * (self.batch_size - len(chunk))
         images = np.stack([prepared[i].model_input for i in padded])
-        corrected = np.asarray(self._correct(
-            self._params, jax.device_put(images, self._batch),
-            self._references([prepared[i] for i in padded])))
+        corrected, _ = corrections.run(
+            self._task, self._model, self._params,
+            jax.device_put(images, self._batch),
+            self._references([prepared[i] for i in padded]))
+        corrected = np.asarray(corrected)
         for position, index in enumerate(chunk):
           outputs[index] = corrected[position]
     results = [contract.ScoredImages(item.shown_input,

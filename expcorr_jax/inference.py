@@ -1,7 +1,7 @@
 """Exposure correction of photos with a trained or official model.
 
   from expcorr_jax import inference
-  corrector = inference.Corrector.from_checkpoint('workdir', model='uec')
+  corrector = inference.Corrector.from_checkpoint('workdir')
   out = corrector(images, reference=ref)
 
   corrector = inference.Corrector.from_checkpoint('recnet.pth', model='recnet')
@@ -15,24 +15,23 @@ takes none. Both run at full resolution at any size: UEC is pixel-wise after
 its exposure encoder, and RECNet's instance norm and channel attention are
 global over the image, so tiling would change its result.
 
+A training checkpoint names its method in its saved config, so `model=` is
+needed only for an official `.pth` (which records none); given for a
+training checkpoint, it is checked. Loading is `model_loading.load`, the
+one loader every tool uses: the network is built by the method's task from
+the checkpoint's saved config (its `model_<field>` entries, e.g.
+`model_encoder_height` -> `UEC.encoder_height`, `model_nc` -> `RECNet.nc`),
+or from an official `.pth`'s weights' shapes (a RECNet of any width and
+depth).
+
 Each distinct (shape, dtype) of the inputs compiles once: a folder of photos
 from one camera compiles once and every later photo reuses that executable
-(kept in a small LRU cache that correctors of equal models share).
-The integer-to-float conversion runs on the device, so uint8 photos cross to
-an accelerator at a quarter of the float32 size.
-
-A model is corrected by its method's task (`expcorr_jax/tasks/<method>.py`,
-found by name: `tasks.get_task`): `Task.correct` applies it, and its
-`InferenceHooks` give the network class, how to load official weights and
-which sizes it cannot take. A training checkpoint's model is built from its
-saved config, whose `model_<field>` entries set the module's fields (e.g.
-`model_encoder_height` -> `UEC.encoder_height`, `model_nc` -> `RECNet.nc`);
-an official `.pth` sets them from its weights' shapes (a RECNet of any width
-and depth).
+(`corrections`, the one cache of compiled corrections, shared with
+evaluation and between correctors of equal models). The integer-to-float
+conversion runs on the device, so uint8 photos cross to an accelerator at a
+quarter of the float32 size.
 """
 
-import collections
-import functools
 import os
 from typing import Any
 
@@ -42,69 +41,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from expcorr_jax import checkpointing
+from expcorr_jax import corrections
+from expcorr_jax import model_loading
 from expcorr_jax import pixels
 from expcorr_jax import tasks
 from expcorr_jax.tasks import contract
 
-# Executables kept (shared by all correctors); each is small, but a folder of
-# photos of many sizes should not hold one per size forever.
-_MAX_COMPILED = 16
 _DTYPES_TEXT = 'uint8, uint16 or float (in [0, 1])'
 # Float pixels this far outside [0, 1] are float rounding (e.g. 1.0000001
 # after a float resize) and are clipped; anything farther is refused.
 _FLOAT_RANGE_TOLERANCE = 1e-5
-_MODELS_PACKAGE = 'expcorr_jax.models.'
 
 
-def _task(name: str) -> contract.Task:
-  """The task of method `name`, which must support inference."""
+def _supported(method: str) -> contract.Task:
+  """The task of `method`, which must support inference."""
   try:
-    task = tasks.get_task(name)
+    task = tasks.get_task(method)
   except ValueError as e:
-    raise ValueError(f'Inference does not support model {name!r}: {e}') from e
+    raise ValueError(f'Inference does not support model {method!r}: {e}'
+                     ) from e
+  return _correctable(task)
+
+
+def _correctable(task: contract.Task) -> contract.Task:
+  """`task`, which must support inference."""
   if task.inference is None:
-    raise ValueError(f'Inference does not support model {name!r}: its '
+    raise ValueError(f'Inference does not support model {task.name!r}: its '
                      'checkpoints are not correctors.')
   return task
-
-
-def _method_of(model: nn.Module) -> str:
-  """The method of a built-in network: models/<method>.py's class."""
-  module_name = type(model).__module__
-  if module_name.startswith(_MODELS_PACKAGE):
-    return module_name[len(_MODELS_PACKAGE):]
-  raise ValueError(
-      f'Inference does not support {type(model).__name__} models as such: '
-      'pass method=<the task\'s name or module path> to Corrector.')
-
-
-def _check_params(task: contract.Task, module: nn.Module, params: Any) -> None:
-  """Raises ValueError naming the mismatch if params do not fit `module`."""
-  expected = jax.eval_shape(
-      lambda: task.init_params(module, jax.random.key(0)))
-  expected_shapes = jax.tree.map(lambda a: tuple(a.shape), expected)
-  try:
-    actual_shapes = jax.tree.map(lambda a: tuple(np.shape(a)), params)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f'params are not a tree of arrays: {e}') from e
-  if actual_shapes != expected_shapes:
-    flat_expected = dict(jax.tree_util.tree_leaves_with_path(expected_shapes,
-                                                             is_leaf=_is_shape))
-    flat_actual = dict(jax.tree_util.tree_leaves_with_path(actual_shapes,
-                                                           is_leaf=_is_shape))
-    text = jax.tree_util.keystr
-    missing = sorted(text(k) for k in set(flat_expected) - set(flat_actual))
-    extra = sorted(text(k) for k in set(flat_actual) - set(flat_expected))
-    wrong = sorted(f'{text(k)} {flat_actual[k]} (expected {flat_expected[k]})'
-                   for k in set(flat_actual) & set(flat_expected)
-                   if flat_actual[k] != flat_expected[k])
-    raise ValueError(
-        f'The params do not fit a {type(module).__name__} model: missing '
-        f'{missing}, unexpected {extra}, wrong shapes {wrong}.')
-
-
-def _is_shape(x: Any) -> bool:
-  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
 
 def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
@@ -143,35 +107,39 @@ class Corrector:
       where a corrector of an equal model compiled them already.
   """
 
-  def __init__(self, model: nn.Module, params: Any,
-               method: str | None = None):
+  def __init__(self, model: nn.Module, params: Any, method: str):
     """Wraps `model` and its `params` (e.g. `uec.load_official(path)`).
 
     Args:
       model: the network.
       params: its params.
-      method: the task's name or module path (`tasks.get_task`); None for a
-        network of `expcorr_jax/models/<method>.py`, whose method it is.
+      method: the task's name or module path (`tasks.get_task`), e.g.
+        'uec'.
 
     Raises:
-      ValueError: the model kind is not supported, the params do not fit,
-        or some are NaN or infinite.
+      ValueError: the method is unknown or not a corrector, the model is not
+        its network, the params do not fit, or some are NaN or infinite.
     """
-    self.model_name = _method_of(model) if method is None else method
-    self._task = _task(self.model_name)
-    module_type = self._task.inference.module_type
+    task = _supported(method)
+    module_type = task.inference.module_type
     if not isinstance(model, module_type):
-      raise ValueError(f'A {type(model).__name__} is not a '
-                       f'{self.model_name!r} network ({module_type.__name__}).')
-    _check_params(self._task, model, params)
+      raise ValueError(f'A {type(model).__name__} is not a {method!r} '
+                       f'network ({module_type.__name__}).')
+    model_loading.check_params(task, model, params)
     checkpointing.check_finite(params, 'The params')
+    self._wrap(task, model, params)
+
+  def _wrap(self, task: contract.Task, model: nn.Module, params: Any) -> None:
+    self._task = task
+    self.model_name = task.name
     self.model = model
     self.params = jax.device_put(params)
-    self.needs_reference = self._task.needs_reference
+    self.needs_reference = task.needs_reference
     self.num_compilations = 0
 
   @classmethod
-  def from_checkpoint(cls, path: str | os.PathLike[str], model: str = 'uec',
+  def from_checkpoint(cls, path: str | os.PathLike[str],
+                      model: str | None = None,
                       **overrides: Any) -> 'Corrector':
     """A corrector from a checkpoint of this project or an official `.pth`.
 
@@ -179,43 +147,26 @@ class Corrector:
       path: an official PyTorch `.pth` file, or a training workdir, its
         `checkpoints/` folder or one step's folder (the latest step unless a
         step folder is given).
-      model: the method whose checkpoint it is, e.g. 'uec' or 'recnet' (a
-        task name or module path, as `config.model`).
+      model: the method of an official `.pth`, e.g. 'uec' or 'recnet' (a
+        task name or module path, as `config.model`); for a training
+        checkpoint, which records its method, None or a check.
       **overrides: model settings (module fields, e.g. encoder_height=256)
         that replace those of the saved training config, or those read off
         an official checkpoint's weights.
 
     Raises:
       FileNotFoundError: nothing at `path`.
-      ValueError: `model` is unsupported, the checkpoint holds another model,
-        or the weights do not fit the model.
+      ValueError: no method for a `.pth`, an unsupported method, a
+        checkpoint of another method than `model`, or weights that do not
+        fit the model.
     """
-    hooks = _task(model).inference
-    path = os.fspath(path)
-    if path.lower().endswith('.pth'):
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f'No checkpoint file {path}.')
-      if hooks.load_official is None:
-        raise ValueError(f'{model!r} has no official weights to read from '
-                         f'{path}; give a training workdir instead.')
-      params, fields = hooks.load_official(path)
-      checkpointing.check_finite(params, path)
-      config = {f'model_{k}': v for k, v in fields.items()}
-    else:
-      if not os.path.exists(path):
-        raise FileNotFoundError(
-            f'No checkpoint at {path}: give an official .pth file, a training '
-            'workdir, its checkpoints/ folder or a step folder.')
-      params, config, _ = checkpointing.load_params(path)
-      saved = config.get('model')
-      if saved is None:
-        raise ValueError(f'{path} has no model name in its saved config.')
-      if saved != model:
-        raise ValueError(
-            f'{path} holds a {saved!r} checkpoint, not {model!r}: load it '
-            f'with model={saved!r}.')
-    return cls(contract.build_module(hooks.module_type, config, overrides),
-               params, method=model)
+    if model is not None:
+      _supported(model)  # A typo is named as such, not as a mismatch.
+    loaded = model_loading.load(path, model=model, overrides=overrides)
+    corrector = cls.__new__(cls)  # Checked by the loader: no second check.
+    corrector._wrap(  # pylint: disable=protected-access
+        _correctable(loaded.task), loaded.model, loaded.correction_params())
+    return corrector
 
   def __call__(self, images: Any, reference: Any = None) -> np.ndarray:
     """Corrects HxWx3 or NxHxWx3 images; returns float32 in [0, 1] alike.
@@ -250,48 +201,8 @@ class Corrector:
       reference = reference[None]
     elif reference is not None:
       raise ValueError(f'{self.model_name} takes no reference image.')
-    out = self._executable(batch, reference)(self.params, batch, reference)
+    out, compiled = corrections.run(self._task, self.model, self.params,
+                                    batch, reference)
+    self.num_compilations += compiled
     out = np.array(out)  # A writable host copy.
     return out[0] if single else out
-
-  def _executable(self, images, reference):
-    """The compiled function for these input shapes and dtypes (LRU cache).
-
-    The cache is shared by correctors of equal models (params are arguments,
-    not constants), so a second corrector of the same architecture, e.g. for
-    another checkpoint, reuses the executables.
-    """
-    key = (self._task, self.model, _avals(self.params), _avals(images),
-           _avals(reference))
-    if key in _EXECUTABLES:
-      _EXECUTABLES.move_to_end(key)
-      return _EXECUTABLES[key]
-    compiled = _jitted(self._task, self.model).lower(self.params, images,
-                                         reference).compile()
-    self.num_compilations += 1
-    _EXECUTABLES[key] = compiled
-    if len(_EXECUTABLES) > _MAX_COMPILED:
-      _EXECUTABLES.popitem(last=False)
-    return compiled
-
-
-# (model, params, images, reference avals) -> executable, least recent first.
-_EXECUTABLES: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-
-
-def _avals(tree: Any) -> Any:
-  """A hashable description of a tree's structure, shapes and dtypes."""
-  leaves, structure = jax.tree.flatten(tree)
-  return structure, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted(task: contract.Task, model: nn.Module):
-  """The jitted correction for one model: ints to floats, then its method."""
-
-  def correct(params, images, reference):
-    images = pixels.to_float(images)
-    if reference is not None:
-      reference = pixels.to_float(reference)
-    return task.apply_correction(model, params, images, reference)
-  return jax.jit(correct)

@@ -1,12 +1,15 @@
 """Training and evaluation inputs: grain over TFDS array_record data sources.
 
-Two samplers turn dataset records into training examples:
-- UEC: two frames of one scene (input, target) plus two frames of ANOTHER
-  scene ordered by exposure (ref_lo, ref_hi with EV(ref_lo) < EV(ref_hi)), the
-  mutual-ground-truth setting of the UEC paper.
-- paired: (input, target, EV tag), from a paired dataset (msec, sice, lcdp) or
-  from a multi-exposure one read as pairs (every EV != 0 frame -> the EV 0
-  one, or another target EV: `as_pairs`).
+The shared pieces every method's loader is built from (a method's own
+sampler lives in its task, `Task.make_train_loader`):
+- `make_train_loader`: a grain loader of this process's batch slices for
+  any sampler (a `grain.transforms.RandomMap` over the records);
+- the paired sampler (`paired_train_loader`, `PairedSample`): (input,
+  target, EV tag), from a paired dataset (msec, sice, lcdp, lol) or from a
+  multi-exposure one read as pairs (every EV != 0 frame -> the EV 0 one, or
+  another target EV: `as_pairs`);
+- `crop_and_flip` (one crop box and flip for several frames) and `decode`;
+- evaluation pairs (`EvalPair`, `iterate_eval_pairs`, ...).
 
 Randomness comes only from grain's per-record generators, seeded by the config
 seed and the record's position in the global sample order, so the same seed

@@ -24,7 +24,7 @@ from expcorr_jax import train
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where checkpoints and summaries go.')
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file, e.g. configs/uec.py[:runlocal].',
+    'config', None, 'Training config file, configs/<method>.py[:args].',
     lock_config=True)
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])

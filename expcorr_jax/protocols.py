@@ -68,15 +68,18 @@ def resize_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
                     interpolation=cv2.INTER_LINEAR)
 
 
-def _reference_or_none(reference: np.ndarray | None) -> np.ndarray | None:
+def model_reference(reference: np.ndarray | None) -> np.ndarray | None:
+  """The reference as a protocol that does not resize it feeds it: float32
+  (None for methods that take none)."""
   return None if reference is None else pixels.to_float(reference)
 
 
 def _prepare_full(pair: input_pipeline.EvalPair,
-                  reference: np.ndarray | None) -> contract.PreparedPair:
+                  reference: np.ndarray | None = None
+                  ) -> contract.PreparedPair:
   return contract.PreparedPair(
       model_input=pixels.to_float(pair.input),
-      reference=_reference_or_none(reference),
+      reference=model_reference(reference),
       shown_input=pixels.to_uint8(pair.input),
       target=pixels.to_uint8(pair.target))
 
@@ -90,7 +93,7 @@ def full_resolution(name: str, *, lpips: bool = False,
 
 
 def _prepare_enc_fecnet(pair: input_pipeline.EvalPair,
-                        reference: np.ndarray | None
+                        reference: np.ndarray | None = None
                         ) -> contract.PreparedPair:
   model_input = resize_to_multiple(pair.input, 4)
   target = pixels.to_float(pair.target)
@@ -98,7 +101,7 @@ def _prepare_enc_fecnet(pair: input_pipeline.EvalPair,
     target = cv2.resize(target, (model_input.shape[1], model_input.shape[0]),
                         interpolation=cv2.INTER_LINEAR)
   return contract.PreparedPair(
-      model_input=model_input, reference=_reference_or_none(reference),
+      model_input=model_input, reference=model_reference(reference),
       shown_input=pixels.to_uint8(model_input),
       target=pixels.to_uint8(target))
 
@@ -108,7 +111,7 @@ FULL = full_resolution(
 ENC_FECNET = contract.Protocol(
     name='enc_fecnet', prepare=_prepare_enc_fecnet, quantise=pixels.to_uint8,
     ssim_color='gray', lpips=False,
-    description=('ENC/FECNet/ERL code: resized up to a multiple of 4, '
+    description=('ENC/FECNet code: resized up to a multiple of 4, '
                  'grayscale SSIM'))
 EDGES = dataclasses.replace(
     full_resolution('edges', description=(
@@ -125,7 +128,7 @@ def against_every_expert(protocol: contract.Protocol,
   experts fails, naming it: only MSEC's test split has them.
   """
   def prepare(pair: input_pipeline.EvalPair,
-              reference: np.ndarray | None) -> contract.PreparedPair:
+              reference: np.ndarray | None = None) -> contract.PreparedPair:
     stored = dict(pair.other_targets)
     missing = [expert for expert in MSEC_OTHER_EXPERTS if expert not in stored]
     if missing:
@@ -135,12 +138,13 @@ def against_every_expert(protocol: contract.Protocol,
           'test split stores them (--config.data.name=msec '
           '--config.data.eval_split=test); use protocol '
           f'{protocol.name!r} for other data.')
-    prepared = protocol.prepare(pair, reference)
+    prepared = protocol.prepare(pair, reference=reference)
     others = []
     for expert in MSEC_OTHER_EXPERTS:
       retouch = input_pipeline.decode_other_target(pair, stored[expert])
       others.append((expert, protocol.prepare(
-          dataclasses.replace(pair, target=retouch), reference).target))
+          dataclasses.replace(pair, target=retouch),
+          reference=reference).target))
     return dataclasses.replace(prepared, other_targets=tuple(others))
 
   return dataclasses.replace(
@@ -154,7 +158,8 @@ FULL_EXPERTS = against_every_expert(FULL, 'full_experts')
 
 
 def _prepare_regions(pair: input_pipeline.EvalPair,
-                     reference: np.ndarray | None) -> contract.PreparedPair:
+                     reference: np.ndarray | None = None
+                     ) -> contract.PreparedPair:
   if pair.ev_map is None:
     raise ValueError(
         f'Protocol {REGIONS_NAME!r} scores the under- and over-exposed '
@@ -162,7 +167,7 @@ def _prepare_regions(pair: input_pipeline.EvalPair,
         'mixed_exposure data (--config.data.name=mixed_exposure/sample).')
   limit = mixed_exposure.REGION_EV
   return dataclasses.replace(
-      _prepare_full(pair, reference),
+      _prepare_full(pair, reference=reference),
       regions=(('under', pair.ev_map < -limit), ('over', pair.ev_map > limit)))
 
 

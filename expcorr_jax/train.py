@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from expcorr_jax import base_config
 from expcorr_jax import checkpointing
 from expcorr_jax import distributed
 from expcorr_jax import evaluation
@@ -60,25 +61,19 @@ def regulariser_of(config: ml_collections.ConfigDict
   return None if block is None else tasks.get_regulariser(block.name)
 
 
-# Every key the shared trainer and evaluation read. Defaults live in the
-# config files, never in the code: a key missing here fails at the start,
-# named, instead of silently taking a value nobody chose.
-REQUIRED_KEYS = (
-    'model', 'seed', 'batch_size', 'num_train_steps', 'log_every_steps',
-    'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'regulariser', 'data.name', 'data.data_dir', 'data.manual_dir',
-    'data.train_split', 'data.eval_split', 'data.target_ev',
-    'data.crop_size', 'data.worker_count', 'optimizer.learning_rate',
-    'optimizer.b1', 'optimizer.b2', 'optimizer.decay_steps',
-    'optimizer.decay_factor', 'eval.protocols',
-    'eval.max_images', 'eval.num_grid_images')
+def training_needs(config: ml_collections.ConfigDict
+                   ) -> contract.TrainingNeeds:
+  """What the run's regulariser needs of the task (nothing without one)."""
+  regulariser = regulariser_of(config)
+  return contract.NO_NEEDS if regulariser is None else regulariser.needs
 
 
 def missing_keys(config: ml_collections.ConfigDict,
-                 keys: Sequence[str] = REQUIRED_KEYS) -> list[str]:
-  """The dotted `keys` that `config` lacks."""
+                 keys: Sequence[str] | None = None) -> list[str]:
+  """The dotted `keys` (by default every key of the base config, which the
+  shared trainer and evaluation read) that `config` lacks."""
   missing = []
-  for key in keys:
+  for key in base_config.required_keys() if keys is None else keys:
     node = config
     for part in key.split('.'):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -94,9 +89,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if missing:
     raise ValueError(
         f'The config lacks {", ".join(missing)}, which the trainer reads. '
-        'Add them to the config file (configs/uec.py shows each with its '
-        'usual value; regulariser = None and optimizer.decay_steps = () '
-        'switch those off).')
+        'Start the config file from expcorr_jax.base_config.get_config(), '
+        'which has each with its usual value (regulariser = None and '
+        'optimizer.decay_steps = () switch those off).')
   positive = {
       'batch_size': config.batch_size,
       'num_train_steps': config.num_train_steps,
@@ -164,15 +159,16 @@ def loss_and_metrics(model, params, batch: dict[str, jax.Array], config,
                      frozen: dict[str, Any]) -> tuple[jax.Array, dict]:
   """The task's loss plus the regulariser's, with the metrics to log."""
   task = tasks.get_task(config.model)
-  result = task.compute_loss(model, params, batch, config, frozen['task'])
+  result = task.loss_fn(model, params, batch, config, frozen=frozen['task'],
+                        needs=training_needs(config))
   loss, metrics = result.loss, dict(result.metrics)
   regulariser = regulariser_of(config)
   if regulariser is not None:
     if result.output is None or result.target is None:
       raise ValueError(
-          f'The {regulariser.name!r} regulariser compares a corrected batch '
-          f'with its target, but the {task.name!r} loss returns none '
-          '(LossOutput.output / .target): drop config.regulariser.')
+          f'The {regulariser.name!r} regulariser needs {regulariser.needs} '
+          f'of the task, but the {task.name!r} loss returns no '
+          'LossOutput.output / .target: drop config.regulariser.')
     value = regulariser.loss(config.regulariser, frozen['regulariser'],
                              result.output, result.target)
     loss = loss + config.regulariser.weight * value
@@ -391,6 +387,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = local_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   task = tasks.get_task(config.model)
+  # Frozen parts (VGG16, an ERL stage) load once, before the dataset is
+  # built: a missing or broken checkpoint fails at once.
+  frozen = load_frozen(config)
   prepare_dataset(config)
   train_source = build.data_source(config.data.name, config.data.train_split,
                                    config.data.data_dir)
@@ -400,11 +399,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = task.create_model(config)
   optimizer = make_optimizer(config)
   state = init_state(model, config, optimizer, mesh)
-  frozen = load_frozen(config)
   train_step = make_train_step(model, config, optimizer, mesh, frozen=frozen)
 
   loader = task.make_train_loader(
-      config, train_source, global_batch_size=config.batch_size,
+      config, train_source, needs=training_needs(config),
+      global_batch_size=config.batch_size,
       seed=config.seed, worker_count=config.data.worker_count,
       process_index=jax.process_index(), process_count=jax.process_count())
   iterator = iter(loader)

@@ -189,7 +189,13 @@ def test_wrong_kind_of_checkpoint_is_a_usage_error(reference, photos,
   workdir = tmp_path / 'recnet_run'
   checkpoint_writer.write_params_checkpoint(
       workdir, test_inference.random_uec_params(), {'model': 'recnet'})
-  with pytest.raises(app.UsageError, match="holds a 'recnet' checkpoint"):
+  # --model is a check against the method the checkpoint records.
+  with pytest.raises(app.UsageError, match="holds a 'recnet' checkpoint, not "
+                     "'uec'"):
+    correct.run(_args(workdir, reference, tmp_path / 'out', '--model=uec',
+                      photos))
+  # Without it the checkpoint's own method is used, and its params must fit.
+  with pytest.raises(app.UsageError, match='do not fit a RECNet model'):
     correct.run(_args(workdir, reference, tmp_path / 'out', photos))
 
 

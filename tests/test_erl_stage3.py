@@ -21,6 +21,7 @@ from expcorr_jax import checkpointing
 from expcorr_jax import config_args
 from expcorr_jax import inference
 from expcorr_jax import input_pipeline
+from expcorr_jax import tasks
 from expcorr_jax import train
 from expcorr_jax.models import erl
 from expcorr_jax.models import uec as uec_model
@@ -144,7 +145,8 @@ def test_uec_regulariser_reaches_the_corrector_and_never_the_bcm(
   @jax.jit
   def run(params, frozen):
     # The trainer's loss, and which images the task hands the regulariser.
-    compared = uec_task.loss_fn(model, params, batch, config)
+    compared = uec_task.loss_fn(model, params, batch, config,
+                                needs=tasks.get_regulariser('erl').needs)
     return jax.value_and_grad(
         lambda p, f: train.loss_and_metrics(model, p, batch, config, f),
         argnums=(0, 1), has_aux=True)(params, frozen), (compared.output,
@@ -221,6 +223,25 @@ def test_recnet_loss_adds_the_regulariser_on_its_output(bcm_workdir,
   assert erl_only != 0
   assert float(g_params['w']) == pytest.approx(pixel_only + 0.1 * erl_only,
                                                rel=1e-4)
+
+
+def test_the_bcm_is_checked_without_its_params_and_loaded_once(
+    bcm_workdir, monkeypatch):
+  """validate_config reads saved configs only; the params load once."""
+  loads = []
+  load_params = checkpointing.load_params
+
+  def counting_load_params(path):
+    loads.append(path)
+    return load_params(path)
+  monkeypatch.setattr(checkpointing, 'load_params', counting_load_params)
+  config = _uec_config(bcm_workdir)
+  train.validate_config(config)
+  assert not loads
+  frozen = train.load_frozen(config)
+  assert set(frozen['regulariser']) == {'encoder', 'transformer'}
+  assert len(loads) == 2  # Stage 2, then the stage 1 its config names.
+  assert loads[0] == str(bcm_workdir)
 
 
 def test_missing_or_wrong_bcm_checkpoint_is_named_with_the_fix(

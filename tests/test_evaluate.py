@@ -23,6 +23,7 @@ from expcorr_jax import config_args
 from expcorr_jax import evaluate
 from expcorr_jax import evaluation
 from expcorr_jax import input_pipeline
+from expcorr_jax import model_loading
 from expcorr_jax import pixels
 from expcorr_jax import protocols
 from expcorr_jax import train
@@ -77,11 +78,12 @@ def test_official_uec_weights_on_msec_images_reproduce_the_golden_outputs(
                                         save_images=True)
 
   # Through the code path the CLI used, before rounding: the official output.
-  task, model, params, _ = evaluate.load_checkpoint(config, checkpoint)
+  loaded = model_loading.load(checkpoint, config=config)
   source = build.data_source('msec', 'test', config.data.data_dir)
   unrounded = dataclasses.replace(protocols.FULL, quantise=np.asarray)
   correct_pair = evaluation.pair_corrector(
-      task, model, params, evaluation.load_reference(config))
+      loaded.task, loaded.model, loaded.params,
+      evaluation.load_reference(config))
   by_name = {}
   for index in range(len(source)):
     pair = input_pipeline.read_eval_pair(source, index)
@@ -145,7 +147,7 @@ def test_a_training_workdir_evaluates_to_its_own_final_evaluation(
 
   other.model = 'recnet'
   with pytest.raises(ValueError, match="holds a 'uec' checkpoint"):
-    evaluate.load_checkpoint(other, str(workdir))
+    model_loading.load(str(workdir), config=other)
 
 
 def _triangle_resize(image: np.ndarray, size: int, antialias: bool):
@@ -197,9 +199,10 @@ def test_uec256_resizes_floats_and_truncates(golden, shared_fixture, name,
   assert np.max(np.abs(prepared.model_input - other)) > 1e-3
 
   config = _uec_config()
-  task, model, params, _ = evaluate.load_checkpoint(
-      config, str(shared_fixture('uec/exposure-errors.pth')))
-  correct_pair = evaluation.pair_corrector(task, model, params, reference)
+  loaded = model_loading.load(str(shared_fixture('uec/exposure-errors.pth')),
+                              config=config)
+  correct_pair = evaluation.pair_corrector(loaded.task, loaded.model,
+                                           loaded.params, reference)
   output = correct_pair(pair, protocol).output
   unrounded = correct_pair(pair, dataclasses.replace(
       protocol, quantise=np.asarray)).output

@@ -232,6 +232,7 @@ def test_uec_report_keeps_its_layout(tmp_path):
 def test_images_of_three_sizes_compile_three_programs_and_batch_alike():
   import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from expcorr_jax import corrections  # pylint: disable=g-import-not-at-top
   from expcorr_jax.models import uec  # pylint: disable=g-import-not-at-top
   model = uec.UEC(encoder_height=24)
   params = uec_task.init_params(model, jax.random.key(0))
@@ -245,11 +246,10 @@ def test_images_of_three_sizes_compile_three_programs_and_batch_alike():
   reference = rng.random((32, 32, 3), dtype=np.float32)
   correct = evaluation.pair_corrector(uec_task.TASK, model, params, reference)
   assert correct.batch_size == jax.local_device_count() == 8
-  jitted = evaluation._jitted_correction(uec_task.TASK, model)  # pylint: disable=protected-access
-  before = jitted._cache_size()  # pylint: disable=protected-access
+  before = corrections.compile_count()
   report, _ = evaluation.evaluate(pairs, correct, [FULL])
   assert report['full']['all']['count'] == 6
-  assert jitted._cache_size() - before == 3  # pylint: disable=protected-access
+  assert corrections.compile_count() - before == 3
 
   # Batched with other images of its size, each output is the one the
   # network gives the image alone.

@@ -6,7 +6,6 @@ initialised params, so no training runs. The official checkpoint and its
 golden output check that the whole path reproduces the released model.
 """
 
-import collections
 
 import flax.linen as nn
 import jax
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import checkpoint_writer  # tests/ is on sys.path.
+from expcorr_jax import corrections
 from expcorr_jax import inference
 from expcorr_jax.models import uec
 
@@ -74,7 +74,7 @@ def _direct(model, params, images, reference):
 def test_official_checkpoint_reproduces_golden_output(shared_fixture):
   golden = np.load(shared_fixture('uec/uec_golden_exposure_errors.npz'))
   corrector = inference.Corrector.from_checkpoint(
-      shared_fixture('uec/exposure-errors.pth'))
+      shared_fixture('uec/exposure-errors.pth'), model='uec')
   assert corrector.model.encoder_height == uec.ENCODER_HEIGHT
   out = corrector(golden['input_0'], reference=golden['reference'])
   assert out.dtype == np.float32 and out.shape == golden['input_0'].shape
@@ -128,7 +128,7 @@ def test_batch_equals_images_one_by_one(corrector):
 
 
 def test_compiles_once_per_shape_and_dtype(workdir, monkeypatch):
-  monkeypatch.setattr(inference, '_EXECUTABLES', collections.OrderedDict())
+  corrections.clear()
   corrector = inference.Corrector.from_checkpoint(workdir)
   compiles = []
   original = jax.stages.Lowered.compile
@@ -148,7 +148,8 @@ def test_compiles_once_per_shape_and_dtype(workdir, monkeypatch):
   assert len(compiles) == corrector.num_compilations == 3
   np.testing.assert_array_equal(corrector(photos[0], reference), outs[0])
   # Another corrector of the same architecture reuses the executables.
-  other = inference.Corrector(corrector.model, random_uec_params(seed=1))
+  other = inference.Corrector(corrector.model, random_uec_params(seed=1),
+                              method='uec')
   other_out = other(photos[0], reference)
   assert len(compiles) == 3 and other.num_compilations == 0
   assert not np.allclose(other_out, outs[0])  # Its own params were used.
@@ -203,6 +204,11 @@ def test_checkpoint_errors(workdir, tmp_path):
     inference.Corrector.from_checkpoint(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='No checkpoint file'):
     inference.Corrector.from_checkpoint(tmp_path / 'missing.pth')
+  unnamed = tmp_path / 'weights.pth'
+  unnamed.write_bytes(b'not read: the method is asked for first')
+  with pytest.raises(ValueError, match='official weights file, which records '
+                     'no method: name it'):
+    inference.Corrector.from_checkpoint(unnamed)
   with pytest.raises(ValueError, match="does not support model 'unet'"):
     inference.Corrector.from_checkpoint(workdir, model='unet')
   with pytest.raises(ValueError, match=r"Unknown UEC settings \['height'\]"):
@@ -220,11 +226,13 @@ def test_params_must_fit_the_model():
   params['predictor']['fc3']['kernel'] = np.zeros((95, 8), np.float32)
   del params['corrector']['mid_conv']
   with pytest.raises(ValueError, match='do not fit a UEC') as error:
-    inference.Corrector(uec.UEC(), params)
+    inference.Corrector(uec.UEC(), params, method='uec')
   assert "['corrector']['mid_conv']['kernel']" in str(error.value)
   assert '(95, 8) (expected (96, 8))' in str(error.value)
-  with pytest.raises(ValueError, match='does not support Dense models'):
-    inference.Corrector(nn.Dense(3), {})
+  with pytest.raises(ValueError, match="A Dense is not a 'uec' network"):
+    inference.Corrector(nn.Dense(3), {}, method='uec')
+  with pytest.raises(ValueError, match="does not support model 'unet'"):
+    inference.Corrector(uec.UEC(), params, method='unet')
 
 
 def test_non_finite_weights_are_refused_by_name(workdir, tmp_path):
@@ -232,7 +240,7 @@ def test_non_finite_weights_are_refused_by_name(workdir, tmp_path):
   params['predictor']['fc4']['bias'][0] = np.nan
   with pytest.raises(ValueError, match=r"NaN or infinite weights at "
                      r"\['predictor'\]\['fc4'\]\['bias'\]"):
-    inference.Corrector(uec.UEC(), params)
+    inference.Corrector(uec.UEC(), params, method='uec')
   # Through a checkpoint too, as the correct CLI loads it.
   params['predictor']['fc4']['bias'][0] = np.inf
   broken = tmp_path / 'diverged'

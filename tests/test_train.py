@@ -211,8 +211,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   real_make_global_batch = train.make_global_batch
   calls = []
 
-  def loss_fn(model, params, batch, config):
-    result = real_loss_fn(model, params, batch, config)
+  def loss_fn(model, params, batch, config, **optional):
+    result = real_loss_fn(model, params, batch, config, **optional)
     return result._replace(loss=result.loss + jnp.sum(batch['poison']))
 
   def poisoned_batch(batch, mesh):
@@ -236,10 +236,10 @@ def test_step_with_finite_loss_but_non_finite_gradient_is_not_applied(
   model = uec_task.create_model(config)
   real_loss_fn = uec_task.loss_fn
 
-  def loss_fn(model, params, batch, config):
+  def loss_fn(model, params, batch, config, **optional):
     # Adds exactly 0 to the loss, but the norm's gradient at a zero vector
     # (poison == 0) is NaN.
-    result = real_loss_fn(model, params, batch, config)
+    result = real_loss_fn(model, params, batch, config, **optional)
     kernel = params['corrector']['encoder']['kernel']
     return result._replace(loss=result.loss + 0.0 * jnp.linalg.norm(
         kernel * batch['poison'][0]))

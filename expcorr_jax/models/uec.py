@@ -314,15 +314,6 @@ class UEC(nn.Module):
     """Exposure features (batch, 96) of images resized to `size`."""
     return self.image_encoder(resize_bilinear(images, *size))
 
-  def encode_reference(self, references: Array, like: Array) -> Array:
-    """Features of the references resized to the encoder size of `like`."""
-    return self.encode(references, self._size(like))
-
-  def predict_lambda(self, images: Array, features_reference: Array) -> Array:
-    """Blend weight (batch,) for images given the references' features."""
-    return self.predictor(self.encode(images, self._size(images)),
-                          features_reference)
-
   def correct_once(self, images: Array, lam: Array) -> Array:
     """One correction: clamp(lambda * h(x) + (1 - lambda) * x, 0, 1)."""
     if self._fast_path():

@@ -7,7 +7,10 @@
 A bare name is the module `expcorr_jax.tasks.<name>`; a name with a dot is
 imported as it stands, so a method can live outside this repository. The
 module's `TASK` (a `contract.Task`) or `REGULARISER` (a
-`contract.Regulariser`) is returned. See `contract.py` for what they hold.
+`contract.Regulariser`) is returned; its `name` must be the name it was
+found by. See `contract.py` for what they hold. This is the only lookup
+from a name to a method: checkpoints record `config.model`, and loading
+one (`model_loading.load`) comes back here.
 """
 
 import importlib
@@ -31,7 +34,7 @@ def _builtin_names(attribute: str) -> list[str]:
   return sorted(found)
 
 
-def _find(name: str, attribute: str, kind: type, what: str) -> Any:
+def _find(name: str, attribute: str, kind: type[Any], what: str) -> Any:
   if not isinstance(name, str) or not name:
     raise ValueError(f'{what} name must be a non-empty string, got {name!r}.')
   module_name = _module_name(name)
@@ -44,11 +47,16 @@ def _find(name: str, attribute: str, kind: type, what: str) -> Any:
         f'Unknown {what} {name!r}: no module {module_name}. Built-in: '
         f'{_builtin_names(attribute)}; or give the dotted path of a module '
         f'of your own that defines {attribute}.') from e
-  found = getattr(module, attribute, None)
+  found: Any = getattr(module, attribute, None)
   if not isinstance(found, kind):
     raise ValueError(f'{module_name} defines no {attribute} '
                      f'({kind.__module__}.{kind.__name__}); it is not a '
                      f'{what}. Built-in: {_builtin_names(attribute)}.')
+  if found.name != name:
+    # Checkpoints and reports record the name; it must find this again.
+    raise ValueError(f'{module_name}.{attribute}.name is {found.name!r}, but '
+                     f'it is found by the name {name!r}: set its name to '
+                     f'{name!r}.')
   return found
 
 

@@ -5,19 +5,29 @@ A method is three files:
 - `expcorr_jax/tasks/<name>.py`: its task, a module-level `TASK = Task(...)`
   (loss, train sampler, how it corrects an image, its own evaluation
   protocols, its inference hooks), plus any helpers it alone uses;
-- `configs/<name>.py`: its config, with `config.model = '<name>'`.
+- `configs/<name>.py`: its config, `base_config.get_config()` extended with
+  `config.model = '<name>'` and the method's own fields.
 
 `expcorr_jax.tasks.get_task(config.model)` finds the task: a bare name is
 the module `expcorr_jax.tasks.<name>`, a dotted name (`my_lab.my_method`) is
-a module of the user's own package; either way its `TASK` is used. Shared
-code (train.py, evaluation.py, inference.py, the CLIs) only ever calls the
-fields below, so a new method edits no shared module.
+a module of the user's own package; either way its `TASK` is used, and its
+`Task.name` must be that name. Shared code (train.py, evaluation.py,
+inference.py, the CLIs) only ever calls the fields below, so a new method
+edits no shared module. `model_loading.load` turns any checkpoint into a
+task, network and params; `corrections` compiles `Task.correct`.
+
+Every callable has one fixed signature, written below as a
+`typing.Protocol` (`LossFn`, `CorrectFn`, `PrepareFn`, ...) so a type
+checker verifies a task against it. Optional inputs (frozen params, what a
+regulariser needs, a reference image) are keyword arguments with defaults:
+the shared code always passes them by name, and a method that has no use
+for one ignores it; the argument count never changes.
 
 Types used throughout:
 - params: the trained pytree (Flax 'params' collection), checkpointed.
 - frozen: a pytree the loss reads but never trains (e.g. RECNet's VGG16),
   loaded once per run by `Task.load_frozen` and passed to every train step
-  as an argument (not baked into the compiled program).
+  as an argument (not baked into the compiled program); None without one.
 - batch: the dict of arrays the train loader yields, its integer images
   converted to float32 in [0, 1] on the device (`pixels.to_float`) before
   `loss_fn` sees them.
@@ -27,18 +37,22 @@ Types used throughout:
 
 Evaluation: each name in `config.eval.protocols` is one of the method's own
 `Task.protocols` or a shared protocol (`expcorr_jax.protocols`: 'full',
-'enc_fecnet', 'edges', 'full_experts', 'mixed_regions'). A `Protocol` prepares a pair for the model (resizing, the
-reference) and says how the float output becomes uint8 and how it is
-scored; the method supplies only `Task.correct`.
+'enc_fecnet', 'edges', 'full_experts', 'mixed_regions'). A `Protocol`
+prepares a pair for the model (resizing, the reference) and says how the
+float output becomes uint8 and how it is scored; the method supplies only
+`Task.correct`.
 
 Regularisers: a corrector-independent loss term (ERL's sample-relationship
 regulariser) is a `Regulariser`, found by `config.regulariser.name` the same
-way as a task (its module's `REGULARISER`). It sees the `output` and
-`target` a task's `loss_fn` returns in its `LossOutput`; a task whose loss
+way as a task (its module's `REGULARISER`). It declares what it needs of a
+task's training batch (`TrainingNeeds`); the trainer passes those needs to
+the task's loader and loss, which provide them (`LossOutput.output` and
+`.target`) without knowing which regulariser asked. A task whose loss
 returns none cannot be regularised (the trainer says so).
 """
 
 import dataclasses
+import typing
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -46,8 +60,77 @@ import jax
 import ml_collections
 import numpy as np
 
-Config = ml_collections.ConfigDict
-Params = Any
+Config: typing.TypeAlias = ml_collections.ConfigDict
+Params: typing.TypeAlias = Any
+Batch: typing.TypeAlias = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingNeeds:
+  """What a regulariser needs of a task's training batch and loss.
+
+  The trainer passes the needs of `config.regulariser` (none without one)
+  to `Task.make_train_loader` and `Task.loss_fn`; a task provides them in
+  its `LossOutput` without knowing which regulariser asked.
+
+  Attributes:
+    normal_exposure_pair: `LossOutput.output` is the batch corrected
+      towards a normal-exposure ground truth and `LossOutput.target` that
+      ground truth (ERL compares the two through its frozen BCM). A task
+      whose own loss already has such a pair returns it anyway; one that
+      must sample or compute extra for it (UEC: the scene's EV 0 frame and
+      one more pass) does so only when this is set.
+  """
+  normal_exposure_pair: bool = False
+
+
+NO_NEEDS = TrainingNeeds()
+
+
+class LossFn(typing.Protocol):
+  """`Task.loss_fn`: the training loss of a float batch.
+
+  Traced inside the jitted, sharded train step: pure JAX.
+  """
+
+  def __call__(self, model: Any, params: Params, batch: Batch,
+               config: Config, /, *, frozen: Any = None,
+               needs: TrainingNeeds = NO_NEEDS) -> 'LossOutput':
+    """Args: the network, its params, the float batch, the run's config;
+    `frozen`: `Task.load_frozen(config)` (None if the task has none);
+    `needs`: what the run's regulariser needs (see `TrainingNeeds`)."""
+
+
+class CorrectFn(typing.Protocol):
+  """`Task.correct`: corrected NHWC images, float32 in [0, 1]; pure JAX."""
+
+  def __call__(self, model: Any, params: Params, images: jax.Array, /, *,
+               reference: jax.Array | None = None) -> jax.Array:
+    """`reference` (1HWC or NHWC) is given exactly when the task
+    `needs_reference`; the others never receive one."""
+
+
+class PrepareFn(typing.Protocol):
+  """`Protocol.prepare`: an evaluation pair made ready for the model."""
+
+  def __call__(self, pair: Any, /, *,
+               reference: np.ndarray | None = None) -> 'PreparedPair':
+    """`pair` is an `input_pipeline.EvalPair`; `reference` (HxWx3 float32)
+    is given for methods that take one (`Task.needs_reference`) and must
+    then come back, prepared as the protocol feeds it, in
+    `PreparedPair.reference`."""
+
+
+class TrainLoaderFn(typing.Protocol):
+  """`Task.make_train_loader`: an endless grain loader of batch slices."""
+
+  def __call__(self, config: Config, train_source: Any, /, *,
+               needs: TrainingNeeds = NO_NEEDS, global_batch_size: int,
+               seed: int, worker_count: int, process_index: int,
+               process_count: int) -> Any:
+    """`train_source` is the train split's data source; the other keywords
+    go to `input_pipeline.make_train_loader` (a task usually takes them as
+    `**loader_kwargs` and passes them on)."""
 
 
 class LossOutput(NamedTuple):
@@ -111,7 +194,7 @@ class Protocol:
 
   Attributes:
     name: the key in `config.eval.protocols` and in reports.
-    prepare: (EvalPair, reference HxWx3 float32 or None) -> PreparedPair.
+    prepare: (pair, reference=None) -> PreparedPair (`PrepareFn`).
     quantise: the model's float output (HxWx3) -> uint8 scored pixels,
       usually `pixels.to_uint8` (rounding); a protocol that truncates says
       so here.
@@ -133,7 +216,7 @@ class Protocol:
       `ssim_<region>` (NaN where a pair has no such pixel). Empty: none.
   """
   name: str
-  prepare: Callable[[Any, np.ndarray | None], PreparedPair]
+  prepare: PrepareFn
   quantise: Callable[[np.ndarray], np.ndarray]
   ssim_color: str = 'rgb'
   lpips: bool = False
@@ -150,9 +233,8 @@ class InferenceHooks:
   """What `inference.Corrector` needs beyond `Task.correct`.
 
   Attributes:
-    module_type: the network class. A checkpoint's saved config sets its
-      fields from `model_<field>` entries (`build_module`), so the network
-      is rebuilt exactly as trained.
+    module_type: the network class (`Task.create_model` builds it; a
+      `Corrector` checks it is given one).
     load_official: path of an official checkpoint (e.g. a PyTorch `.pth`)
       -> (params, module fields read off the weights); None if the method
       has no official weights.
@@ -169,29 +251,29 @@ class Task:
   """One method, as the shared code sees it. Required fields first.
 
   Attributes:
-    name: the method's name (`config.model`).
-    create_model: config -> the network (an `nn.Module`).
+    name: the method's name (`config.model`): the name `tasks.get_task`
+      finds it by, checked there.
+    create_model: config -> the network (an `nn.Module`). The one way a
+      network is built, for training and for every loaded checkpoint
+      (`model_loading.load` passes the checkpoint's saved config, or, for
+      an official file, the settings read off its weights).
     init_params: (module, rng key) -> fresh trainable params.
-    loss_fn: (module, params, float batch, config) -> LossOutput, or
-      (module, params, float batch, config, frozen) when the task has
-      `load_frozen`. Traced inside the jitted, sharded train step: pure JAX.
-    make_train_loader: (config, the train split's data source, **loader
-      kwargs) -> an endless grain loader of this process's batch slices;
-      the kwargs (global_batch_size, seed, worker_count, process_index,
-      process_count) go to `input_pipeline.make_train_loader`.
-    correct: (module, params, images) -> corrected images, or (module,
-      params, images, reference) when `needs_reference`; pure JAX, jitted
-      by the caller. Used by evaluation and by `inference.Corrector`.
+    loss_fn: the training loss (`LossFn`).
+    make_train_loader: the training loader (`TrainLoaderFn`).
+    correct: how the method corrects a batch (`CorrectFn`). Used by
+      evaluation and by `inference.Corrector`, compiled by `corrections`.
     needs_reference: whether `correct` takes a reference image (the
       exposure to correct towards); evaluation reads it from
       `config.eval.reference`.
     protocols: the method's own evaluation protocols, by name (shared ones
       live in `expcorr_jax.protocols`).
     validate_config: config -> None, raising ValueError naming a bad value
-      and the fix; runs before anything is built. None: nothing to check
-      beyond the shared fields.
-    load_frozen: config -> frozen pytree for `loss_fn`; None: no frozen
-      params (and loss_fn takes no `frozen` argument).
+      and the fix; runs before anything is built or loaded, so it reads no
+      params (it may read a checkpoint's saved config). None: nothing to
+      check beyond the shared fields.
+    load_frozen: config -> frozen pytree for `loss_fn`, loaded once per run
+      (and by evaluation when `correction_params` needs it); None: no
+      frozen params (`loss_fn` then gets frozen=None).
     correction_params: (params, frozen) -> the params `correct` runs with,
       for methods whose correction also needs frozen params (ERL stage 2
       reconstructs with the frozen stage-1 auto-encoder); None: params.
@@ -201,9 +283,9 @@ class Task:
   name: str
   create_model: Callable[[Config], nn.Module]
   init_params: Callable[[nn.Module, jax.Array], Params]
-  loss_fn: Callable[..., LossOutput]
-  make_train_loader: Callable[..., Any]
-  correct: Callable[..., jax.Array]
+  loss_fn: LossFn
+  make_train_loader: TrainLoaderFn
+  correct: CorrectFn
   needs_reference: bool = False
   protocols: Mapping[str, Protocol] = dataclasses.field(default_factory=dict)
   validate_config: Callable[[Config], None] | None = None
@@ -211,21 +293,14 @@ class Task:
   correction_params: Callable[[Params, Any], Params] | None = None
   inference: InferenceHooks | None = None
 
-  def compute_loss(self, model: nn.Module, params: Params,
-                   batch: Mapping[str, jax.Array], config: Config,
-                   frozen: Any) -> LossOutput:
-    """`loss_fn`, with the frozen params if the task has any."""
-    if self.load_frozen is None:
-      return self.loss_fn(model, params, batch, config)
-    return self.loss_fn(model, params, batch, config, frozen)
 
-  def apply_correction(self, model: nn.Module, params: Params,
-                       images: jax.Array,
-                       reference: jax.Array | None) -> jax.Array:
-    """`correct` with or without the reference, as the method takes it."""
-    if self.needs_reference:
-      return self.correct(model, params, images, reference)
-    return self.correct(model, params, images)
+class RegulariserLossFn(typing.Protocol):
+  """`Regulariser.loss`: a scalar from the task's output and target."""
+
+  def __call__(self, block: Config, frozen: Any, output: jax.Array,
+               target: jax.Array, /) -> jax.Array:
+    """`block` is `config.regulariser`; `frozen` its `load_frozen(block)`;
+    `output` and `target` the task's `LossOutput.output` and `.target`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,16 +314,18 @@ class Regulariser:
 
   Attributes:
     name: its name (`config.regulariser.name`).
+    needs: what it needs of the task's batch and loss (`TrainingNeeds`).
     validate_config: the whole config -> None, raising ValueError with the
-      fix (it may load its checkpoint to fail early).
-    load_frozen: the `config.regulariser` block -> frozen params.
-    loss: (block, frozen, output, target) -> scalar, where output and target
-      are the task's `LossOutput.output` and `.target`.
+      fix; reads no params (it may read a checkpoint's saved config).
+    load_frozen: the `config.regulariser` block -> frozen params, loaded
+      once per run.
+    loss: see `RegulariserLossFn`.
   """
   name: str
+  needs: TrainingNeeds
   validate_config: Callable[[Config], None]
   load_frozen: Callable[[Config], Any]
-  loss: Callable[[Config, Any, jax.Array, jax.Array], jax.Array]
+  loss: RegulariserLossFn
 
 
 def module_fields(module_type: type[nn.Module]) -> list[str]:
@@ -257,22 +334,14 @@ def module_fields(module_type: type[nn.Module]) -> list[str]:
           if f.init and f.name not in ('parent', 'name')]
 
 
-def build_module(module_type: type[nn.Module], config: Mapping[str, Any],
-                 overrides: Mapping[str, Any] | None = None) -> nn.Module:
+def build_module(module_type: type[nn.Module],
+                 config: Mapping[str, Any]) -> nn.Module:
   """A network from a config's `model_<field>` entries, e.g. RECNet(nc=...).
 
-  Fields the config lacks keep the class's defaults; `overrides` (field
-  names, not prefixed) win over the config.
-
-  Raises:
-    ValueError: an override names no field of the class.
+  Fields the config lacks keep the class's defaults. A task's
+  `create_model` calls this for a network whose settings are all
+  `model_<field>` entries (how `model_loading.load` applies overrides).
   """
   fields = module_fields(module_type)
-  overrides = dict(overrides or {})
-  unknown = sorted(set(overrides) - set(fields))
-  if unknown:
-    raise ValueError(f'Unknown {module_type.__name__} settings {unknown}; '
-                     f'valid: {fields}.')
-  kwargs = {f: config[f'model_{f}'] for f in fields if f'model_{f}' in config}
-  kwargs.update(overrides)
-  return module_type(**kwargs)
+  return module_type(**{f: config[f'model_{f}'] for f in fields
+                        if f'model_{f}' in config})

@@ -4,9 +4,11 @@
 trains an exposure corrector with L = L_c + alpha * L_r, where
 L_r = L1(t_e(f_e(output)), t_e(f_e(target))) runs the frozen batch-correlation
 module (BCM) of stages 1 and 2 (tasks/erl_autoencoder.py, tasks/erl_bcm.py)
-and alpha = 0.1. Here `output` and `target` are what the corrector's task
-returns in its `LossOutput` (UEC: the input corrected towards its scene's
-EV 0 frame, and that frame; RECNet: its output and the pair's target).
+and alpha = 0.1. It needs (`TrainingNeeds.normal_exposure_pair`) the
+corrector's output against a normal-exposure ground truth, which the
+corrector's task returns in its `LossOutput` (UEC: the input corrected
+towards its scene's EV 0 frame, and that frame; RECNet: its output and the
+pair's target).
 
 A corrector's config switches it on with the `erl` config argument
 (`configs/uec.py:erl`, `configs/recnet.py:runlocal,erl`), which adds
@@ -52,7 +54,9 @@ def config_block() -> ml_collections.ConfigDict:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks `config.regulariser`; loads the BCM checkpoint to fail early."""
+  """Checks `config.regulariser`, and that its BCM checkpoint (and the
+  stage-1 one it names) exist and are what they should be, reading their
+  saved configs only: the params load once, in `load_frozen`."""
   block = config.regulariser
   if not block.weight > 0:
     raise ValueError(f'config.regulariser.weight must be positive (the paper '
@@ -68,7 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     logging.warning(
         'ERL with one image per batch (or per device): t_e relates nothing. '
         'The paper found batch 4 best.')
-  load_frozen(block)
+  erl_pretext.check_bcm(block.bcm_workdir)
 
 
 def load_frozen(block: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -83,5 +87,7 @@ def loss(block: ml_collections.ConfigDict, bcm: Any, output: jax.Array,
 
 
 REGULARISER = contract.Regulariser(
-    name='erl', validate_config=validate_config, load_frozen=load_frozen,
-    loss=loss)
+    name='erl',
+    # L_r compares a corrected output with its normal-exposure ground truth.
+    needs=contract.TrainingNeeds(normal_exposure_pair=True),
+    validate_config=validate_config, load_frozen=load_frozen, loss=loss)

@@ -21,10 +21,12 @@ def init_params(model: erl.BCM, rng: jax.Array) -> Any:
   return model.init(rng, images, method=erl.BCM.reconstruct)['params']
 
 
-def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict) -> contract.LossOutput:
+def loss_fn(model: erl.BCM, params: Any, batch: contract.Batch,
+            config: ml_collections.ConfigDict, frozen: Any = None,
+            needs: contract.TrainingNeeds = contract.NO_NEEDS
+            ) -> contract.LossOutput:
   """L1 reconstruction of a float batch of normal-exposure 'image's."""
-  del config  # Stage 1 has no loss options.
+  del config, frozen, needs  # No loss options, frozen params or output.
   images = batch['image']
   reconstructed = model.apply({'params': params}, images,
                               method=erl.BCM.reconstruct)
@@ -32,8 +34,10 @@ def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
   return contract.LossOutput(l1, {'l1': l1})
 
 
-def correct(model: erl.BCM, params: Any, images: jax.Array) -> jax.Array:
+def correct(model: erl.BCM, params: Any, images: jax.Array,
+            reference: jax.Array | None = None) -> jax.Array:
   """f_d(f_e(images)): the auto-encoder's reconstruction."""
+  del reference  # Reference-free (never given one).
   return model.apply({'params': params}, images, method=erl.BCM.reconstruct)
 
 

@@ -32,7 +32,8 @@ from expcorr_jax.tasks import erl_pretext
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails early, naming the bad value; also loads the stage-1 checkpoint."""
+  """Fails early, naming the bad value; also checks the stage-1 checkpoint
+  (its saved config only: the params load once, in `load_frozen`)."""
   erl_pretext.validate_widths(config)
   model = erl_pretext.create_model(config)
   if model.token_dim % config.erl.num_heads:
@@ -58,7 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     logging.warning(
         'per_device batch attention with one image per device: each image '
         'attends only to itself. Use a larger batch or batch_attention=global.')
-  load_frozen(config)
+  erl_pretext.check_autoencoder(config.erl.autoencoder_workdir, config.erl)
 
 
 STAGE2_TRAINS = ('transformer', 'transformer_and_fusion')
@@ -84,10 +85,16 @@ def load_frozen(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                       config.erl)
 
 
-def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict,
-            frozen: dict[str, Any]) -> contract.LossOutput:
-  """The pretext loss of a float batch of normal-exposure 'image's."""
+def loss_fn(model: erl.BCM, params: Any, batch: contract.Batch,
+            config: ml_collections.ConfigDict, frozen: Any = None,
+            needs: contract.TrainingNeeds = contract.NO_NEEDS
+            ) -> contract.LossOutput:
+  """The pretext loss of a float batch of normal-exposure 'image's.
+
+  `frozen` is stage 1's {'encoder', 'decoder'}; a pretext stage is never
+  regularised (`needs` asks nothing it can give).
+  """
+  del needs  # Returns no output/target: the trainer refuses a regulariser.
   images = batch['image']
   if config.erl.stage2_trains == 'transformer':
     params = {**params, 'fusion': jax.lax.stop_gradient(params['fusion'])}
@@ -117,8 +124,10 @@ def loss_fn(model: erl.BCM, params: Any, batch: dict[str, jax.Array],
   return contract.LossOutput(losses[config.loss.pretext], metrics)
 
 
-def correct(model: erl.BCM, params: Any, images: jax.Array) -> jax.Array:
+def correct(model: erl.BCM, params: Any, images: jax.Array,
+            reference: jax.Array | None = None) -> jax.Array:
   """I' of each image; `params` hold the frozen stage 1 too."""
+  del reference  # Reference-free (never given one).
   return erl.bcm_reconstruct(model, params, images)
 
 

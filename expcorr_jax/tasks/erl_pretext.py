@@ -28,17 +28,20 @@ exposure input is shown only in the grid and the identity columns; the model
 never sees it.
 """
 
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import grain
 import ml_collections
 import numpy as np
 
-from expcorr_jax import checkpointing
+from expcorr_jax import base_config
 from expcorr_jax import input_pipeline
+from expcorr_jax import model_loading
 from expcorr_jax import pixels
+from expcorr_jax import protocols
 from expcorr_jax.models import erl
 from expcorr_jax.tasks import contract
 
@@ -49,6 +52,7 @@ BCM_MODEL = 'erl_bcm'
 PRETEXT_LOSSES = ('phase', 'l1', 'none')
 # Fields of config.erl that fix the shapes of f_e and f_d (stage 1's params).
 _CONV_FIELDS = ('features', 'encoder_layers', 'decoder_layers')
+RECONSTRUCTION_NAME = 'reconstruction'
 _TRANSFORMER_FIELDS = ('token_size', 'transformer_layers', 'num_heads',
                        'mlp_dim')
 
@@ -66,6 +70,28 @@ def _model_from(erl_config: Any) -> erl.BCM:
   fields = {k: erl_config[k] for k in _CONV_FIELDS + _TRANSFORMER_FIELDS
             if k in erl_config}
   return erl.BCM(**fields)
+
+
+def pretext_config(runlocal: bool) -> ml_collections.ConfigDict:
+  """What both stages' configs share (configs/erl_autoencoder.py and
+  configs/erl_bcm.py extend it): the base config with f_e/f_d widths, the
+  normal-exposure data, the paper's Adam betas and the 'reconstruction'
+  protocol; `runlocal` shrinks crops and evaluation for a CPU."""
+  config = base_config.get_config(runlocal=runlocal)
+  config.erl = ml_collections.ConfigDict()
+  # Must be equal in both stages (checked when stage 2 loads stage 1).
+  config.erl.features = 8  # C, the channels of F (full resolution).
+  config.erl.encoder_layers = 3  # 3x3 convs in f_e.
+  config.erl.decoder_layers = 3  # 3x3 convs in f_d.
+  config.data.normal_ev = 0.0  # Multi-exposure data: the frame to learn.
+  config.num_train_steps = 50_000
+  config.optimizer.b2 = 0.99  # The paper's betas (0.9, 0.99).
+  config.eval.protocols = (RECONSTRUCTION_NAME,)
+  if runlocal:
+    config.data.crop_size = 64
+    config.checkpoint_every_steps = 100
+    config.eval.max_images = 8
+  return config
 
 
 def validate_widths(config: ml_collections.ConfigDict) -> None:
@@ -107,34 +133,87 @@ class NormalExposureSample(grain.transforms.RandomMap):
     return {'image': image}
 
 
-def make_train_loader(config, train_source, **loader_kwargs):
+def make_train_loader(config: ml_collections.ConfigDict, train_source: Any,
+                      needs: contract.TrainingNeeds = contract.NO_NEEDS,
+                      **loader_kwargs: Any) -> Any:
+  del needs  # Nothing to add: a pretext stage returns no output/target.
   return input_pipeline.make_train_loader(
       train_source,
       NormalExposureSample(config.data.crop_size, config.data.flip,
                            config.data.normal_ev), **loader_kwargs)
 
 
-def _load_stage(workdir: str, model: str, stage: str, noun: str
-                ) -> tuple[Any, dict[str, Any], int]:
-  """(params, saved config, step) of an ERL stage's checkpoint in `workdir`.
+_STAGES = {AUTOENCODER: ('stage-1', 'auto-encoder'),
+           BCM_MODEL: ('stage-2', 'BCM')}
+
+
+@contextlib.contextmanager
+def _stage_errors(workdir: str, model: str) -> Iterator[None]:
+  """Turns the loader's errors for an ERL stage into ones with the fix.
 
   Raises:
-    FileNotFoundError: no checkpoint there; the message gives the command
-      that trains one.
+    FileNotFoundError: no checkpoint in `workdir`; the message gives the
+      command that trains one.
     ValueError: it holds another kind of model than `model`.
   """
+  stage, noun = _STAGES[model]
   try:
-    params, saved, step = checkpointing.load_params(workdir)
+    yield
+  except model_loading.MethodMismatchError as e:
+    raise ValueError(
+        f'{workdir} holds a {e.saved!r} checkpoint, not an ERL {stage} {noun} '
+        f'({model!r}). Train one with:\n  '
+        f'{_train_command(model, f"<{stage} workdir>")}') from e
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f'No ERL {stage} ({noun}) checkpoint in {workdir} ({e}). Train it '
         f'first:\n  {_train_command(model, workdir)}') from e
-  if saved.get('model') != model:
+
+
+def _require(workdir: str | None, model: str) -> str:
+  """`workdir`, which the config must set; ValueError with the fix if not."""
+  if workdir:
+    return workdir
+  if model == AUTOENCODER:
     raise ValueError(
-        f'{workdir} holds a {saved.get("model")!r} checkpoint, not an ERL '
-        f'{stage} {noun} ({model!r}). Train one with:\n  '
-        f'{_train_command(model, f"<{stage} workdir>")}')
-  return params, saved, step
+        'ERL stage 2 needs the stage-1 auto-encoder: set '
+        '--config.erl.autoencoder_workdir to the workdir of a run of\n  '
+        + _train_command(AUTOENCODER, '<stage-1 workdir>'))
+  raise ValueError(
+      'ERL stage 3 (the `erl` config argument) needs a trained BCM: set '
+      '--config.regulariser.bcm_workdir to the workdir of an ERL stage-2 '
+      'run of\n  ' + _train_command(BCM_MODEL, '<stage-2 workdir>'))
+
+
+def _check_widths(workdir: str, saved_erl: Any, erl_config: Any) -> None:
+  """ValueError unless stage 1 in `workdir` has `erl_config`'s widths."""
+  if erl_config is None:
+    return
+  different = {k: (saved_erl[k], erl_config[k]) for k in _CONV_FIELDS
+               if saved_erl[k] != erl_config[k]}
+  if different:
+    raise ValueError(
+        f'The stage-1 auto-encoder in {workdir} was trained with other '
+        'widths (checkpoint, config): '
+        + ', '.join(f'erl.{k}={v}' for k, v in different.items()))
+
+
+@contextlib.contextmanager
+def _reading_stage1_of(workdir: str) -> Iterator[None]:
+  """Names the BCM in `workdir` when the stage 1 its config names fails."""
+  try:
+    yield
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f'The ERL BCM in {workdir} reads its f_e from the stage-1 '
+                  f'workdir its config names, which failed: {e}') from e
+
+
+def check_autoencoder(workdir: str | None, erl_config: Any = None) -> None:
+  """`load_autoencoder`'s checks, reading the saved config only."""
+  workdir = _require(workdir, AUTOENCODER)
+  with _stage_errors(workdir, AUTOENCODER):
+    saved, _ = model_loading.saved_config(workdir, model=AUTOENCODER)
+  _check_widths(workdir, saved['erl'], erl_config)
 
 
 def load_autoencoder(workdir: str | None,
@@ -150,23 +229,23 @@ def load_autoencoder(workdir: str | None,
     FileNotFoundError: no checkpoint there.
     ValueError: not set, not a stage-1 checkpoint, or other widths.
   """
-  if not workdir:
-    raise ValueError(
-        'ERL stage 2 needs the stage-1 auto-encoder: set '
-        '--config.erl.autoencoder_workdir to the workdir of a run of\n  '
-        + _train_command(AUTOENCODER, '<stage-1 workdir>'))
-  params, saved, step = _load_stage(workdir, AUTOENCODER, 'stage-1',
-                                    'auto-encoder')
-  if erl_config is not None:
-    different = {k: (saved['erl'][k], erl_config[k]) for k in _CONV_FIELDS
-                 if saved['erl'][k] != erl_config[k]}
-    if different:
-      raise ValueError(
-          f'The stage-1 auto-encoder in {workdir} was trained with other '
-          'widths (checkpoint, config): '
-          + ', '.join(f'erl.{k}={v}' for k, v in different.items()))
-  logging.info('ERL stage-1 auto-encoder: step %d of %s.', step, workdir)
-  return {'encoder': params['encoder'], 'decoder': params['decoder']}
+  workdir = _require(workdir, AUTOENCODER)
+  with _stage_errors(workdir, AUTOENCODER):
+    loaded = model_loading.load(workdir, model=AUTOENCODER)
+  _check_widths(workdir, loaded.config.erl, erl_config)
+  logging.info('ERL stage-1 auto-encoder: step %d of %s.',
+               loaded.facts['checkpoint_step'], workdir)
+  return {'encoder': loaded.params['encoder'],
+          'decoder': loaded.params['decoder']}
+
+
+def check_bcm(workdir: str | None) -> None:
+  """`load_bcm`'s checks (both stages), reading saved configs only."""
+  workdir = _require(workdir, BCM_MODEL)
+  with _stage_errors(workdir, BCM_MODEL):
+    saved, _ = model_loading.saved_config(workdir, model=BCM_MODEL)
+  with _reading_stage1_of(workdir):
+    check_autoencoder(saved['erl']['autoencoder_workdir'], saved['erl'])
 
 
 def load_bcm(workdir: str | None) -> dict[str, Any]:
@@ -182,33 +261,29 @@ def load_bcm(workdir: str | None) -> dict[str, Any]:
     ValueError: `workdir` unset, or it (or its stage 1) holds another kind
       of model.
   """
-  if not workdir:
-    raise ValueError(
-        'ERL stage 3 (the `erl` config argument) needs a trained BCM: set '
-        '--config.regulariser.bcm_workdir to the workdir of an ERL stage-2 '
-        'run of\n  '
-        + _train_command(BCM_MODEL, '<stage-2 workdir>'))
-  params, saved, step = _load_stage(workdir, BCM_MODEL, 'stage-2', 'BCM')
-  try:
-    stage1 = load_autoencoder(saved['erl']['autoencoder_workdir'],
-                              saved['erl'])
-  except (FileNotFoundError, ValueError) as e:
-    raise type(e)(f'The ERL BCM in {workdir} reads its f_e from the stage-1 '
-                  f'workdir its config names, which failed: {e}') from e
-  logging.info('ERL BCM: step %d of %s.', step, workdir)
-  return {'encoder': stage1['encoder'], 'transformer': params['transformer']}
+  workdir = _require(workdir, BCM_MODEL)
+  with _stage_errors(workdir, BCM_MODEL):
+    loaded = model_loading.load(workdir, model=BCM_MODEL)
+  with _reading_stage1_of(workdir):
+    stage1 = load_autoencoder(loaded.config.erl.autoencoder_workdir,
+                              loaded.config.erl)
+  logging.info('ERL BCM: step %d of %s.', loaded.facts['checkpoint_step'],
+               workdir)
+  return {'encoder': stage1['encoder'],
+          'transformer': loaded.params['transformer']}
 
 
 def _prepare_reconstruction(pair: input_pipeline.EvalPair,
-                            reference: None) -> contract.PreparedPair:
-  del reference  # Protocols take one; this one never has any.
+                            reference: np.ndarray | None = None
+                            ) -> contract.PreparedPair:
   target = pixels.to_uint8(pair.target)
   return contract.PreparedPair(
-      model_input=pixels.to_float(target), reference=None,
+      model_input=pixels.to_float(target),
+      reference=protocols.model_reference(reference),
       shown_input=pixels.to_uint8(pair.input), target=target)
 
 
 RECONSTRUCTION = contract.Protocol(
-    name='reconstruction', prepare=_prepare_reconstruction,
+    name=RECONSTRUCTION_NAME, prepare=_prepare_reconstruction,
     quantise=pixels.to_uint8, ssim_color='rgb', lpips=False,
     description="the model's reconstruction of the normal-exposure target")

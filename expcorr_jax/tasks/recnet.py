@@ -81,7 +81,10 @@ def init_params(model: recnet.RECNet, rng: jax.Array) -> Any:
   return model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))['params']
 
 
-def make_train_loader(config, train_source, **loader_kwargs):
+def make_train_loader(config: ml_collections.ConfigDict, train_source: Any,
+                      needs: contract.TrainingNeeds = contract.NO_NEEDS,
+                      **loader_kwargs: Any) -> Any:
+  del needs  # Pairs already hold the normal-exposure target.
   return input_pipeline.paired_train_loader(
       input_pipeline.as_pairs(train_source, config.data.name,
                               config.data.target_ev),
@@ -105,10 +108,17 @@ def load_frozen(config: ml_collections.ConfigDict) -> Any:
   return vgg16.load_vgg16_params() if config.loss.ecr_weight else None
 
 
-def loss_fn(model: recnet.RECNet, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict,
-            frozen: Any) -> contract.LossOutput:
-  """The loss of a float batch of (input, target) crops; `frozen` is VGG16."""
+def loss_fn(model: recnet.RECNet, params: Any, batch: contract.Batch,
+            config: ml_collections.ConfigDict, frozen: Any = None,
+            needs: contract.TrainingNeeds = contract.NO_NEEDS
+            ) -> contract.LossOutput:
+  """The loss of a float batch of (input, target) crops.
+
+  `frozen` is VGG16 (None without the ECR term). The output and the pair's
+  target are always returned: they are the normal-exposure pair a
+  regulariser may need, at no extra cost.
+  """
+  del needs  # Always met (see above).
   out = model.apply({'params': params}, batch['input'])
   loss, terms = recnet_loss.recnet_loss(out.output, batch['target'],
                                         batch['input'], out.mask, frozen,
@@ -117,9 +127,10 @@ def loss_fn(model: recnet.RECNet, params: Any, batch: dict[str, jax.Array],
                              target=batch['target'])
 
 
-def correct(model: recnet.RECNet, params: Any,
-            images: jax.Array) -> jax.Array:
+def correct(model: recnet.RECNet, params: Any, images: jax.Array,
+            reference: jax.Array | None = None) -> jax.Array:
   """The corrected images (the network's mask and features are dropped)."""
+  del reference  # Reference-free (never given one).
   return model.apply({'params': params}, images).output
 
 

@@ -11,11 +11,11 @@ Loss (released code): restoration = MSE(three-pass output(input, target),
 target), where the target frame is also the reference; monotonicity =
 mean(relu(out(input, ref_lo) - out(input, ref_hi))) with single passes and two
 references of another scene; an optional total variation term (the paper's,
-weight 0.1; off in the released code). With a regulariser (ERL,
-`config.regulariser`) the sampler also gives the scene's EV 0 frame, and
-the regulariser compares the input's three-pass correction towards that
-frame with the frame itself (one more forward pass per step), as the paper
-compares an output with its normal-exposure ground truth.
+weight 0.1; off in the released code). When a regulariser needs a
+normal-exposure pair (`TrainingNeeds.normal_exposure_pair`, as ERL does) the
+sampler also gives the scene's EV 0 frame, and the loss returns the input's
+three-pass correction towards that frame with the frame itself (one more
+forward pass per step).
 
 Correction: three passes towards a reference image (the official inference).
 Evaluation corrects every validation frame towards one fixed reference
@@ -147,7 +147,9 @@ def init_params(model: uec.UEC, rng: jax.Array) -> Any:
   return model.init(rng, x, x, 1, method=uec.UEC.multi_pass)['params']
 
 
-def make_train_loader(config, train_source, **loader_kwargs):
+def make_train_loader(config: ml_collections.ConfigDict, train_source: Any,
+                      needs: contract.TrainingNeeds = contract.NO_NEEDS,
+                      **loader_kwargs: Any) -> grain.DataLoader:
   if not config.data.name.startswith('multi_exposure'):
     raise ValueError(
         f'UEC trains on multi-exposure sequences, not {config.data.name!r}: '
@@ -156,7 +158,7 @@ def make_train_loader(config, train_source, **loader_kwargs):
         'multi_exposure config.')
   return train_loader(train_source, crop_size=config.data.crop_size,
                       flip=config.data.flip,
-                      with_normal=config.regulariser is not None,
+                      with_normal=needs.normal_exposure_pair,
                       **loader_kwargs)
 
 
@@ -167,9 +169,19 @@ def total_variation(images: jax.Array) -> jax.Array:
   return jnp.mean(dy**2) + jnp.mean(dx**2)
 
 
-def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
-            config: ml_collections.ConfigDict) -> contract.LossOutput:
-  """The loss of a float batch from the UEC sampler."""
+def loss_fn(model: uec.UEC, params: Any, batch: contract.Batch,
+            config: ml_collections.ConfigDict, frozen: Any = None,
+            needs: contract.TrainingNeeds = contract.NO_NEEDS
+            ) -> contract.LossOutput:
+  """The loss of a float batch from the UEC sampler (no frozen params).
+
+  With `needs.normal_exposure_pair` (the sampler then gives the scene's EV 0
+  frame as 'normal'), the output is the input corrected towards that frame
+  (three passes, one more forward pass than UEC's own loss) and the target
+  the frame itself, as ERL's paper compares a corrected output with its
+  normal-exposure ground truth.
+  """
+  del frozen  # UEC has none.
   restored, out_lo, out_hi = model.apply(
       {'params': params}, batch['input'], batch['target'], batch['ref_lo'],
       batch['ref_hi'], config.loss.num_passes,
@@ -183,13 +195,8 @@ def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
     tv = total_variation(restored)
     loss += config.loss.tv_weight * tv
     metrics['tv'] = tv
-  if config.regulariser is None:
-    return contract.LossOutput(loss, metrics, output=restored,
-                               target=batch['target'])
-  # With a regulariser (ERL): as the paper compares a corrected output with
-  # its normal-exposure ground truth, the input is corrected towards the
-  # scene's EV 0 frame (three passes, one more forward pass than UEC's own
-  # loss) and compared with that frame.
+  if not needs.normal_exposure_pair:
+    return contract.LossOutput(loss, metrics)
   towards_normal = model.apply({'params': params}, batch['input'],
                                batch['normal'], config.loss.num_passes,
                                method=uec.UEC.multi_pass)
@@ -198,8 +205,10 @@ def loss_fn(model: uec.UEC, params: Any, batch: dict[str, jax.Array],
 
 
 def correct(model: uec.UEC, params: Any, images: jax.Array,
-            reference: jax.Array) -> jax.Array:
+            reference: jax.Array | None = None) -> jax.Array:
   """The official inference: three passes towards the reference."""
+  if reference is None:
+    raise ValueError('UEC corrects towards a reference image; none given.')
   return model.apply({'params': params}, images, reference, 3,
                      method=uec.UEC.multi_pass)
 
@@ -234,7 +243,10 @@ def _uec256_protocol(name: str, antialias: bool,
   known); the output is TRUNCATED to uint8, as the official test saves it.
   """
   def prepare(pair: input_pipeline.EvalPair,
-              reference: np.ndarray) -> contract.PreparedPair:
+              reference: np.ndarray | None = None) -> contract.PreparedPair:
+    if reference is None:
+      raise ValueError(f'Protocol {name!r} resizes the reference too; none '
+                       'given.')
     model_input = float_resize_256(pair.input, antialias)
     return contract.PreparedPair(
         model_input=model_input,
