@@ -15,6 +15,15 @@ Why a build cannot leave a half dataset that looks complete: TFDS writes into
 incomplete folder; one that is killed leaves it behind, and `ensure_prepared`
 deletes such leftovers before it builds again. Builds of one dataset take a
 file lock, so processes sharing a data_dir (one per host, say) build once.
+
+A data_dir or manual_dir in a bucket (gs://...) is built through a local
+staging folder ($EXPCORR_STAGING_DIR, else the system's temporary folder):
+sources are copied down, the dataset is built there and uploaded, its
+`dataset_info.json` last, so the bucket never holds a partial dataset that
+looks complete; training then reads the shards from the bucket in place.
+For a bucket there is no file lock: the trainer builds on process 0 while
+the others wait (`train.prepare_dataset`); do not start two builds of one
+dataset into one bucket by hand.
 """
 
 import contextlib
@@ -24,6 +33,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import tempfile
 from typing import Iterator, Sequence
 
 from absl import app
@@ -31,6 +41,7 @@ from absl import flags
 from absl import logging
 import tensorflow_datasets as tfds
 
+from data_prep import storage
 # Imported for their side effect: defining a builder registers it with TFDS.
 from data_prep.datasets import lcdp  # pylint: disable=unused-import
 from data_prep.datasets import lol  # pylint: disable=unused-import
@@ -41,6 +52,9 @@ from data_prep.datasets import sice  # pylint: disable=unused-import
 
 DATASETS = ('multi_exposure', 'mixed_exposure', 'msec', 'sice', 'lcdp', 'lol')
 FILE_FORMAT = 'array_record'
+STAGING_DIR_VARIABLE = 'EXPCORR_STAGING_DIR'
+# TFDS writes it last and takes a version folder without it for unprepared.
+_DATASET_INFO = 'dataset_info.json'
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -66,8 +80,9 @@ def build_command(name: str, data_dir: str | os.PathLike[str] | None,
 
 
 def _expand(path: str | os.PathLike[str] | None) -> str | None:
-  """A path as a string with '~' expanded (flags like --x=~/d keep the ~)."""
-  return None if path is None else os.path.expanduser(os.fspath(path))
+  """A path as a string with '~' expanded (flags like --x=~/d keep the ~);
+  a URL (gs://...) as it is."""
+  return storage.text(path)
 
 
 def get_builder(name: str, data_dir: str | os.PathLike[str] | None,
@@ -95,7 +110,11 @@ def get_builder(name: str, data_dir: str | os.PathLike[str] | None,
 
 @contextlib.contextmanager
 def _build_lock(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
-  """An exclusive lock per dataset variant, on a file beside its folder."""
+  """An exclusive lock per dataset variant, on a file beside its folder.
+
+  Local by design: only local data_dirs get here (a bucket's build goes
+  through a local staging folder, `_prepare_through_staging`).
+  """
   config_dir = pathlib.Path(os.fspath(builder.data_dir)).parent
   config_dir.mkdir(parents=True, exist_ok=True)
   with open(config_dir / f'.build-{builder.version}.lock', 'w') as lock:
@@ -107,7 +126,8 @@ def _build_lock(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
 
 
 def _remove_incomplete(builder: tfds.core.DatasetBuilder) -> None:
-  """Deletes `incomplete.*` folders a killed build left (lock held)."""
+  """Deletes `incomplete.*` folders a killed build left (lock held; a local
+  data_dir, as for `_build_lock`)."""
   data_dir = pathlib.Path(os.fspath(builder.data_dir))
   pattern = re.compile(r'^incomplete\..*_' + re.escape(data_dir.name) + '$')
   for leftover in sorted(data_dir.parent.glob('incomplete.*')):
@@ -136,6 +156,10 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
   builder = get_builder(name, data_dir, allow_incomplete=allow_incomplete)
   if builder.is_prepared():
     return
+  if storage.is_remote(data_dir) or storage.is_remote(manual_dir):
+    _prepare_through_staging(builder, name, data_dir, manual_dir,
+                             allow_incomplete)
+    return
   with _build_lock(builder):
     if builder.is_prepared():  # Another process built it while we waited.
       return
@@ -145,6 +169,46 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
         file_format=FILE_FORMAT,
         download_config=tfds.download.DownloadConfig(
             manual_dir=_expand(manual_dir)))
+
+
+def _staging_parent() -> str:
+  """Where builds for a bucket are staged: $EXPCORR_STAGING_DIR, else the
+  system's temporary folder. It needs room for the sources and the built
+  dataset."""
+  return os.environ.get(STAGING_DIR_VARIABLE) or tempfile.gettempdir()
+
+
+def _prepare_through_staging(builder: tfds.core.DatasetBuilder, name: str,
+                             data_dir: str | os.PathLike[str] | None,
+                             manual_dir: str | os.PathLike[str] | None,
+                             allow_incomplete: bool) -> None:
+  """Builds `name` for a bucket: sources in a bucket are copied down, the
+  dataset is built locally and uploaded with `dataset_info.json` last.
+
+  The array_record writer writes local files only (its reader opens gs://
+  itself, so training reads the uploaded shards in place). TFDS takes a
+  version folder without `dataset_info.json` for unprepared, so an upload
+  cut short is never read as a dataset; the next build replaces it.
+  """
+  with tempfile.TemporaryDirectory(prefix='expcorr_build_',
+                                   dir=_staging_parent()) as staging:
+    local_manual = manual_dir
+    if storage.is_remote(manual_dir):
+      local_manual = os.path.join(staging, 'manual')
+      count = storage.copy_tree(manual_dir, local_manual)
+      logging.info('Copied %d source files of %s to %s for the build.', count,
+                   manual_dir, local_manual)
+    local_data = (os.path.join(staging, 'data') if storage.is_remote(data_dir)
+                  else data_dir)
+    ensure_prepared(name, local_data, local_manual,
+                    allow_incomplete=allow_incomplete)
+    if local_data is data_dir:
+      return
+    built = get_builder(name, local_data).data_dir
+    target = storage.path(builder.data_dir)
+    storage.remove_tree(target)  # An earlier, interrupted upload.
+    count = storage.copy_tree(built, target, last=(_DATASET_INFO,))
+    logging.info('Uploaded %s (%d files) to %s.', name, count, target)
 
 
 def data_source(name: str, split: str,

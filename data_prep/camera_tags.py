@@ -39,6 +39,8 @@ def tiff_make_model(path: str | os.PathLike[str]) -> dict[str, str]:
   """Make and model from a TIFF-based file's first IFD ('unknown' if not)."""
   camera = {'make': _UNKNOWN, 'model': _UNKNOWN}
   try:
+    # Local by design: RAWs are read where LibRaw reads them (a bucket's
+    # manual_dir is copied down first, `build._prepare_through_staging`).
     with open(path, 'rb') as f:
       directory = TiffImagePlugin.ImageFileDirectory_v2(f.read(8))
       f.seek(directory.next)

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from data_prep import storage
+
 cv2.setNumThreads(1)  # Decoding runs in data-loader workers: stay single-threaded.
 
 # Pillow's own guard against decompression bombs is far below a 100 MP
@@ -179,27 +181,16 @@ def decode_image(data: bytes, *, honour_exif: bool = True) -> np.ndarray:
 
 def read_image(path: str | os.PathLike[str], *,
                honour_exif: bool = True) -> np.ndarray:
-  """Reads an image file; errors name the file."""
-  path = os.fspath(path)
+  """Reads an image file, local or in a bucket; errors name the file."""
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = storage.path(path).read_bytes()
     return decode_image(data, honour_exif=honour_exif)
   except (OSError, ImageDecodeError) as e:
-    raise ImageDecodeError(f'Cannot read image {path}: {e}') from e
-
-
-PARTIAL_SUFFIX = '.partial'
+    raise ImageDecodeError(f'Cannot read image {os.fspath(path)}: {e}'
+                           ) from e
 
 
 def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
-  """Writes an 8/16-bit PNG atomically.
-
-  The image goes to `<path>.partial` first and is renamed over `path` when
-  complete, so `path` is either absent, the old file or the whole new one.
-  """
-  path = os.fspath(path)
-  partial = path + PARTIAL_SUFFIX
-  with open(partial, 'wb') as f:
-    f.write(encode_png(image))
-  os.replace(partial, path)
+  """Writes an 8/16-bit PNG atomically (`storage.write_bytes`): `path` is
+  either absent, the old file or the whole new one."""
+  storage.write_bytes(path, encode_png(image))

@@ -95,6 +95,7 @@ def render(image: raw_render.LinearImage, grid: np.ndarray, *, bits: int = 8,
 def content_seed(path: str | os.PathLike[str], seed: int = 0) -> int:
   """A seed from the file's bytes (not its path) and a user seed."""
   digest = hashlib.sha256()
+  # Local by design: the RAW LibRaw decodes (see camera_tags.py).
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
       digest.update(block)

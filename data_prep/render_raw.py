@@ -28,6 +28,7 @@ full-resolution map), and the EV 0 render `<stem>_0.png` as the target.
 import concurrent.futures
 import dataclasses
 import glob
+import io
 import json
 import multiprocessing
 import os
@@ -47,6 +48,7 @@ from data_prep import ev_tags
 from data_prep import image_codec
 from data_prep import mixed_exposure
 from data_prep import raw_render
+from data_prep import storage
 
 RAW_EXTENSIONS = frozenset((
     '.3fr', '.ari', '.arw', '.bay', '.cr2', '.cr3', '.crw', '.dcr', '.dng',
@@ -61,7 +63,7 @@ TONE_CURVE_DESCRIPTIONS = {
     'camera': 'camera: raw_render.camera_tone_curve, a filmic S-curve applied '
               'to sRGB-encoded values',
 }
-_PARTIAL = image_codec.PARTIAL_SUFFIX
+_PARTIAL = storage.PARTIAL_SUFFIX
 
 
 class RenderInputError(ValueError):
@@ -184,9 +186,7 @@ def find_raw_files(
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
-  partial = path.with_name(path.name + _PARTIAL)
-  partial.write_text(json.dumps(value, indent=2) + '\n')
-  os.replace(partial, path)
+  storage.write_text(path, json.dumps(value, indent=2) + '\n')
 
 
 def _read_entries(output_dir: pathlib.Path):
@@ -238,10 +238,9 @@ def render_file(path: str | os.PathLike[str],
       name = f'{stem}_mixed{index}'
       image_codec.write_png(output_dir / f'{name}.png', mixed_exposure.render(
           image, grid, bits=settings.bits, tone_curve=settings.tone_curve))
-      partial = output_dir / f'{name}_ev.npy{_PARTIAL}'
-      with open(partial, 'wb') as f:
-        np.save(f, grid)
-      os.replace(partial, output_dir / f'{name}_ev.npy')
+      encoded = io.BytesIO()
+      np.save(encoded, grid)
+      storage.write_bytes(output_dir / f'{name}_ev.npy', encoded.getvalue())
       outputs[f'mixed{index}'] = f'{name}.png'
       outputs[f'mixed{index}_ev'] = f'{name}_ev.npy'
   entry = {

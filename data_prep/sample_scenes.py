@@ -51,6 +51,7 @@ from PIL import Image
 import skimage.data
 
 from data_prep import raw_render
+from data_prep import storage
 from data_prep import synthetic_raw
 
 MAX_SIDE = 640
@@ -192,7 +193,7 @@ def write_sample_raws(output_dir: str | os.PathLike[str], *,
   paths = []
   for scene in SAMPLE_SCENES:
     path = output_dir / f'{scene}.dng'
-    synthetic_raw.atomic_write_bytes(
+    storage.write_bytes(
         path, scene_dng_bytes(scene, noise=noise, seed=seed))
     paths.append(path)
   return paths
@@ -210,7 +211,7 @@ def well_exposed_reference(*, scene: str = REFERENCE_SCENE) -> np.ndarray:
     raise ValueError(f'The reference must be a train scene, not {scene!r}.')
   with tempfile.TemporaryDirectory() as temp_dir:
     path = os.path.join(temp_dir, f'{scene}.dng')
-    synthetic_raw.atomic_write_bytes(path, scene_dng_bytes(scene))
+    storage.write_bytes(path, scene_dng_bytes(scene))
     image = raw_render.decode_raw(path)
   return raw_render.expose(image, 0.0, bits=8)
 

@@ -36,11 +36,11 @@ import dataclasses
 import fractions
 import os
 import struct
-import tempfile
 
 import numpy as np
 
 from data_prep import raw_render
+from data_prep import storage
 
 CAMERA_MAKE = 'expcorr'
 CAMERA_MODEL = 'Synthetic RGGB-14'
@@ -282,30 +282,9 @@ def _ifd_block(entries, start: int) -> bytes:
   return bytes(ifd + values)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, then renames it.
-
-  A reader never sees a half-written file, and an interrupted run leaves at
-  worst a stale temporary, which the next successful write does not reuse.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(path) or '.'
-  fd, temp_path = tempfile.mkstemp(
-      dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.chmod(temp_path, 0o644)  # mkstemp's 0600 would hide it from others.
-    os.replace(temp_path, path)
-  except BaseException:
-    if os.path.exists(temp_path):
-      os.remove(temp_path)
-    raise
-
-
 def write_dng(path: str | os.PathLike[str], cfa: np.ndarray, **kwargs) -> None:
   """Writes `dng_bytes(cfa, **kwargs)` to `path` atomically."""
-  atomic_write_bytes(path, dng_bytes(cfa, **kwargs))
+  storage.write_bytes(path, dng_bytes(cfa, **kwargs))
 
 
 def photo_to_dng_bytes(photo: np.ndarray, *, neutral=DAYLIGHT_NEUTRAL,

@@ -13,11 +13,14 @@ import re
 from typing import Any
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from data_prep import storage
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 
@@ -46,8 +49,10 @@ def check_finite(params: Any, source: str) -> None:
           'and rerun to resume from the one before), or retrain.')
 
 
-def create_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+def create_manager(workdir: str | os.PathLike[str], *,
+                   keep: int) -> ocp.CheckpointManager:
+  """The manager of `<workdir>/checkpoints` (local or in a bucket)."""
+  directory = storage.path(workdir) / CHECKPOINT_SUBDIR
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(directory, options=options,
@@ -70,15 +75,23 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config.to_dict())), force=True)
     manager.wait_until_finished()
-  except OSError as e:
-    last = manager.latest_step()
-    raise CheckpointSaveError(
-        e.errno, f'Could not save checkpoint {step} in {manager.directory}: '
-        f'{e.strerror or e}. '
+  except (OSError, ValueError) as e:  # tensorstore: ValueError for I/O.
+    try:  # What the storage holds now, not the manager's memory of it.
+      manager.reload()
+      last = manager.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      last = None  # The storage may be unreachable now.
+    cause = getattr(e, 'strerror', None) or str(e).splitlines()[0]
+    message = (
+        f'Could not save checkpoint {step} in {manager.directory}: {cause}. '
         + (f'The last good checkpoint, step {last}, is intact; a rerun of '
            'the same command resumes from it' if last is not None else
-           'No earlier checkpoint exists')
-        + ' once the disk has room / the directory is writable.') from e
+           'No earlier complete checkpoint was found')
+        + ' once the disk has room / the location is writable and '
+        'reachable.')
+    errno = getattr(e, 'errno', None)
+    raise (CheckpointSaveError(errno, message) if errno else
+           CheckpointSaveError(message)) from e
   logging.info('Saved checkpoint at step %d in %s.', step, manager.directory)
 
 
@@ -108,8 +121,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f'Checkpoint {step} in {manager.directory} does not fit this config '
         f'({type(e).__name__}: {e}). Use a fresh --workdir, or the config '
         'the checkpoint was trained with (saved beside it as config).') from e
-  check_finite(restored.state.params, os.path.join(
-      os.fspath(manager.directory), str(step)))
+  check_finite(restored.state.params,
+               os.fspath(epath.Path(manager.directory) / str(step)))
   logging.info('Restored checkpoint at step %d from %s.', step,
                manager.directory)
   return step, restored.state
@@ -121,11 +134,12 @@ _ITERATOR_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json')
 def _saved_process_count(manager: ocp.CheckpointManager,
                          step: int) -> int | None:
   """How many processes wrote a step's data-iterator states (grain's files)."""
-  directory = os.path.join(os.fspath(manager.directory), str(step), 'data')
-  if not os.path.isdir(directory):
+  directory = epath.Path(manager.directory) / str(step) / 'data'
+  if not directory.is_dir():
     return None
   counts = {int(match.group(2)) for match in
-            map(_ITERATOR_FILE.fullmatch, os.listdir(directory)) if match}
+            (_ITERATOR_FILE.fullmatch(child.name)
+             for child in directory.iterdir()) if match}
   return counts.pop() if len(counts) == 1 else None
 
 
@@ -146,17 +160,16 @@ def _open_read_only(path: str) -> tuple[ocp.CheckpointManager, int, str]:
   Raises:
     FileNotFoundError: no checkpoint there.
   """
-  path = os.path.abspath(os.path.expanduser(path))
+  path = storage.path(path)
   step = None
-  if os.path.basename(path).isdigit() and os.path.isdir(
-      os.path.join(path, 'state')):
-    step = int(os.path.basename(path))
-    directory = os.path.dirname(path)
-  elif os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
-    directory = os.path.join(path, CHECKPOINT_SUBDIR)
+  if path.name.isdigit() and (path / 'state').is_dir():
+    step = int(path.name)
+    directory = path.parent
+  elif (path / CHECKPOINT_SUBDIR).is_dir():
+    directory = path / CHECKPOINT_SUBDIR
   else:
     directory = path
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise FileNotFoundError(
         f'No checkpoint at {path}: give a training workdir, its checkpoints/ '
         'folder or a step folder.')
@@ -169,7 +182,7 @@ def _open_read_only(path: str) -> tuple[ocp.CheckpointManager, int, str]:
     manager.close()
     raise FileNotFoundError(f'No complete checkpoint in {directory}: train '
                             'first, or give the path of a finished one.')
-  return manager, step, os.path.join(directory, str(step))
+  return manager, step, os.fspath(directory / str(step))
 
 
 def read_config(path: str) -> tuple[dict[str, Any], int, str]:

@@ -68,6 +68,7 @@ def load_config(path: str | os.PathLike[str],
   by path (for tests, benchmarks and scripts; the CLIs use
   `ml_collections.config_flags`).
   """
+  # Local by design: a config file is Python code imported from disk.
   path = os.fspath(path)
   name = '_config_' + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)

@@ -40,19 +40,20 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import pathlib
 import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 import tqdm
 
 from data_prep import cli
 from data_prep import image_codec
+from data_prep import storage
 from expcorr_jax import inference
 from expcorr_jax import pixels
 
@@ -89,8 +90,13 @@ class Summary:
             f'{skipped}, {len(self.failed)} failed, in {self.seconds:.1f} s.')
 
 
+def _identity(path: epath.Path) -> epath.Path:
+  """What names one file: the resolved path locally (links followed)."""
+  return path if storage.is_remote(path) else path.resolve()
+
+
 def find_images(
-    inputs: Sequence[str | os.PathLike[str]]) -> list[pathlib.Path]:
+    inputs: Sequence[str | os.PathLike[str]]) -> list[epath.Path]:
   """Files given, plus the JPEG/PNG/TIFF files directly inside folders given.
 
   Returns paths sorted within each folder, duplicates dropped.
@@ -98,9 +104,9 @@ def find_images(
   Raises:
     CorrectInputError: an input does not exist, or no image was found.
   """
-  found: list[pathlib.Path] = []
+  found: list[epath.Path] = []
   for item in inputs:
-    path = pathlib.Path(item).expanduser()
+    path = storage.path(item)  # Local or in a bucket.
     if path.is_dir():
       found += sorted(p for p in path.iterdir() if p.is_file() and
                       p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -108,9 +114,9 @@ def find_images(
       found.append(path)
     else:
       raise CorrectInputError(f'{path} is neither a file nor a directory.')
-  by_file: dict[pathlib.Path, pathlib.Path] = {}
+  by_file: dict[epath.Path, epath.Path] = {}
   for path in found:  # The first mention of a file wins.
-    by_file.setdefault(path.resolve(), path)
+    by_file.setdefault(_identity(path), path)
   unique = list(by_file.values())
   if not unique:
     raise CorrectInputError(
@@ -119,16 +125,16 @@ def find_images(
   return unique
 
 
-def output_paths(images: Sequence[pathlib.Path],
-                 output_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
+def output_paths(images: Sequence[epath.Path],
+                 output_dir: str | os.PathLike[str]) -> list[epath.Path]:
   """`output_dir/<stem>.png` per input, refusing clashes and overwrites.
 
   Raises:
     CorrectInputError: two inputs share a stem, or an output would replace
       an input.
   """
-  output_dir = pathlib.Path(output_dir).expanduser()
-  by_stem: dict[str, list[pathlib.Path]] = collections.defaultdict(list)
+  output_dir = storage.path(output_dir)
+  by_stem: dict[str, list[epath.Path]] = collections.defaultdict(list)
   for path in images:
     by_stem[path.stem.casefold()].append(path)
   clashes = [paths for paths in by_stem.values() if len(paths) > 1]
@@ -138,9 +144,9 @@ def output_paths(images: Sequence[pathlib.Path],
         f'Inputs share the name of their output {output_dir}/<stem>.png: '
         f'{listed}. Rename them or correct them in separate runs.')
   outputs = [output_dir / f'{path.stem}.png' for path in images]
-  resolved_inputs = {p.resolve() for p in images}
+  resolved_inputs = {_identity(p) for p in images}
   for out in outputs:
-    if out.resolve() in resolved_inputs:
+    if _identity(out) in resolved_inputs:
       raise CorrectInputError(f'The output {out} would overwrite an input; '
                               'choose another --output_dir.')
   return outputs
@@ -185,7 +191,7 @@ def correct_files(corrector: inference.Corrector,
   start = time.time()
   images = find_images(inputs)
   outputs = output_paths(images, output_dir)
-  os.makedirs(output_dir, exist_ok=True)
+  output_dir = storage.check_writable(output_dir, '--output_dir')
   summary = Summary(output_dir=os.fspath(output_dir))
   todo = []
   for path, out in zip(images, outputs):
@@ -194,7 +200,7 @@ def correct_files(corrector: inference.Corrector,
     else:
       todo.append((path, out))
 
-  def fail(path: pathlib.Path, reason: str) -> None:
+  def fail(path: epath.Path, reason: str) -> None:
     logging.warning('Skipped %s: %s', path, reason)
     summary.failed[str(path)] = reason
 
@@ -284,7 +290,7 @@ def _load(flag_values: flags.FlagValues
   if not fv.reference:
     raise app.UsageError(
         f'--reference is required for {corrector.model_name}.')
-  if not os.path.isfile(fv.reference):
+  if not storage.path(fv.reference).is_file():
     raise app.UsageError(f'--reference: no file {fv.reference}.')
   try:
     return corrector, image_codec.read_image(fv.reference)
@@ -303,7 +309,8 @@ def main(argv: Sequence[str],
     raise app.UsageError('Give image files or directories after the flags.')
   try:  # Cheap input checks first, before loading the model.
     output_paths(find_images(argv[1:]), fv.output_dir)
-  except CorrectInputError as e:
+    storage.check_writable(fv.output_dir, '--output_dir', create=False)
+  except (CorrectInputError, storage.StorageError) as e:
     raise app.UsageError(str(e)) from e
   corrector, reference = _load(fv)
   summary = correct_files(corrector, argv[1:], fv.output_dir,

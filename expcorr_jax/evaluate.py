@@ -43,12 +43,12 @@ Runs on several processes like training (same flags), each scoring its share.
 """
 
 import os
-import pathlib
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
@@ -56,6 +56,7 @@ import numpy as np
 
 from data_prep import cli
 from data_prep import image_codec
+from data_prep import storage
 from data_prep.datasets import manual_layout
 from expcorr_jax import distributed
 from expcorr_jax import evaluation
@@ -103,13 +104,13 @@ class PrecomputedOutputs:
   """
 
   def __init__(self, folder: str, reference: np.ndarray | None):
-    self._folder = pathlib.Path(os.path.expanduser(folder))
+    self._folder = storage.path(folder)
     if not self._folder.is_dir():
       raise FileNotFoundError(f'No folder {self._folder} (--outputs_dir).')
     self._reference = reference
-    self._files: dict[str, dict[str, pathlib.Path]] = {}
+    self._files: dict[str, dict[str, epath.Path]] = {}
 
-  def files(self, protocol: contract.Protocol) -> dict[str, pathlib.Path]:
+  def files(self, protocol: contract.Protocol) -> dict[str, epath.Path]:
     """name -> output file for `protocol` (its subfolder if it has one)."""
     if protocol.name not in self._files:
       own = self._folder / protocol.name
@@ -158,12 +159,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
     raise ValueError('Give exactly one of --checkpoint and --outputs_dir.')
   task = tasks.get_task(config.model)
   chosen = protocols.resolve(task, config.eval.protocols)
-  # The checkpoint is loaded before the dataset is built: a wrong path or
-  # method fails at once.
+  # Where the report goes and the checkpoint are checked before the dataset
+  # is built: a wrong path, bucket or method fails at once.
+  output_dir = storage.path(train.check_locations(config, output_dir,
+                                                  '--output_dir'))
   loaded = (None if checkpoint is None else
             model_loading.load(checkpoint, config=config))
-  output_dir = train.local_workdir(output_dir)
-  os.makedirs(output_dir, exist_ok=True)
   train.prepare_dataset(config)
   source = train.eval_pairs(config)
   reference = (evaluation.load_reference(config) if task.needs_reference
@@ -174,18 +175,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
     correct_pair.check_complete(
         [input_pipeline.eval_pair_label(source, i)[0] for i in range(count)],
         chosen)
-    facts = {'outputs_dir': os.path.abspath(os.path.expanduser(outputs_dir))}
+    facts = {'outputs_dir': storage.text(outputs_dir)}
     described = facts['outputs_dir']
   else:
     correct_pair = evaluation.pair_corrector(
         loaded.task, loaded.model, loaded.correction_params(), reference,
-        save_dir=os.path.join(output_dir, 'images') if save_images else None)
+        save_dir=output_dir / 'images' if save_images else None)
     facts = loaded.facts
     described = checkpoint
   report, _, rows = evaluation.evaluate_source(
       source, correct_pair, chosen, limit=config.eval.max_images,
       progress=progress)
-  stem = os.path.join(output_dir, 'eval_{}_{}'.format(
+  stem = os.fspath(output_dir / 'eval_{}_{}'.format(
       config.data.name.replace('/', '-'), config.data.eval_split))
   table = reports.format_table(report)
   if jax.process_index() == 0:
@@ -199,8 +200,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
                'JSON\'s dataset_omissions); not comparable with results on '
                'the full split.\n' + table)
     reports.write_csv(rows, f'{stem}.csv')
-    with open(f'{stem}.txt', 'w') as f:
-      f.write(table + '\n')
+    storage.write_text(f'{stem}.txt', table + '\n')
   logging.info('Evaluation of %s on %s/%s, written to %s.{json,csv,txt}:\n%s',
                described, config.data.name, config.data.eval_split, stem,
                table)
@@ -225,7 +225,7 @@ def main(argv: Sequence[str],
     evaluate_checkpoint(fv.config, fv.checkpoint, fv.output_dir,
                         outputs_dir=fv.outputs_dir,
                         save_images=fv.save_images, progress=fv.progress)
-  except (FileNotFoundError, ValueError,
+  except (FileNotFoundError, ValueError, storage.StorageError,
           image_codec.ImageDecodeError) as e:
     raise app.UsageError(str(e)) from e
   return 0

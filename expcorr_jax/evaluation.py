@@ -33,6 +33,7 @@ import numpy as np
 import tqdm
 
 from data_prep import image_codec
+from data_prep import storage
 from expcorr_jax import corrections
 from expcorr_jax import distributed
 from expcorr_jax import input_pipeline
@@ -114,7 +115,7 @@ class PairCorrector:
 
   def __init__(self, task: contract.Task, model: Any, params: Any,
                reference: np.ndarray | None = None,
-               save_dir: str | None = None):
+               save_dir: str | os.PathLike[str] | None = None):
     """See `pair_corrector`."""
     devices = jax.local_devices()
     mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
@@ -161,11 +162,9 @@ class PairCorrector:
                                      item.other_targets, item.regions)
                for item, output in zip(prepared, outputs)]
     if self._save_dir is not None:
-      folder = os.path.join(self._save_dir, protocol.name)
-      os.makedirs(folder, exist_ok=True)
+      folder = storage.path(self._save_dir) / protocol.name
       for pair, result in zip(pairs, results):
-        image_codec.write_png(os.path.join(folder, f'{pair.name}.png'),
-                              result.output)
+        image_codec.write_png(folder / f'{pair.name}.png', result.output)
     return results
 
   def _references(self, prepared: Sequence[contract.PreparedPair]):
@@ -181,7 +180,7 @@ class PairCorrector:
 
 def pair_corrector(task: contract.Task, model: Any, params: Any,
                    reference: np.ndarray | None = None,
-                   save_dir: str | None = None) -> PairCorrector:
+                   save_dir: str | os.PathLike[str] | None = None) -> PairCorrector:
   """(pair, protocol) -> the `ScoredImages` `evaluate` scores.
 
   Args:

@@ -3,6 +3,8 @@ r"""Trains and evaluates an exposure-correction model from a config file.
   python -m expcorr_jax.main --config=configs/uec.py --workdir=/tmp/uec
 
 Rerunning the same command resumes from the latest checkpoint in the workdir.
+The workdir and `--config.data.data_dir` may be local or in a bucket
+(`gs://BUCKET/run`); both are checked writable before anything is built.
 
 Multi-process jobs (TPU pod slices, several GPU nodes): on Cloud TPU, Slurm,
 Open MPI or Kubernetes the same command runs on every host or task and JAX's
@@ -17,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from data_prep import storage
 from expcorr_jax import distributed
 from expcorr_jax import quiet_logs
 from expcorr_jax import train
@@ -37,7 +40,10 @@ def main(argv):
   distributed.initialize_from_flags()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except storage.StorageError as e:  # A location unusable at start:
+    raise SystemExit(str(e)) from e  # one line, exit status 1.
 
 
 if __name__ == '__main__':

@@ -7,6 +7,8 @@
 `load` is what `inference.Corrector.from_checkpoint`, the `correct` and
 `evaluate` CLIs and the ERL stages (loading the frozen stage before) all
 use. The path is:
+Any of them may be local or in a bucket (`gs://...`, see
+`data_prep/storage.py`).
 - a training workdir, its `checkpoints/` folder or one step's folder: the
   method is the one its saved config records (`config.model`), found by
   `tasks.get_task`; the network is built from that saved config by the
@@ -32,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data_prep import storage
 from expcorr_jax import checkpointing
 from expcorr_jax import tasks
 from expcorr_jax.tasks import contract
@@ -178,14 +181,14 @@ def load(path: str | os.PathLike[str], *, model: str | None = None,
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
-  return os.path.abspath(os.path.expanduser(os.fspath(path)))
+  return os.fspath(storage.path(path))
 
 
 def _load_official(path: str, method: str | None,
                    config: ml_collections.ConfigDict | None
                    ) -> tuple[contract.Task, Any, ml_collections.ConfigDict]:
   """(task, params, config with the weights' settings) of an official file."""
-  if not os.path.isfile(path):
+  if not storage.path(path).is_file():
     raise FileNotFoundError(f'No checkpoint file {path}.')
   if method is None:
     raise ValueError(f'{path} is an official weights file, which records no '

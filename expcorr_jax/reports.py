@@ -10,14 +10,15 @@ then a rename), so a crash never leaves half a report.
 """
 
 import csv
+import io
 import json
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from data_prep import storage
 from expcorr_jax import evaluation
 from expcorr_jax import pixels
 from expcorr_jax.metrics import image_quality
@@ -36,13 +37,6 @@ _TABLE_COLUMNS = (  # (metric, heading, width, decimals)
 )
 
 
-def _atomic_write(path: str, write) -> None:
-  temporary = f'{path}.tmp'
-  with open(temporary, 'w', newline='') as f:
-    write(f)
-  os.replace(temporary, path)
-
-
 def write_csv(rows: Sequence, path: str) -> None:
   """One CSV row per pair and protocol: name, EV tag, protocol, metrics.
 
@@ -55,14 +49,14 @@ def write_csv(rows: Sequence, path: str) -> None:
     for scores in row.scores.values():
       columns.extend(name for name in scores if name not in columns)
 
-  def write(f):
-    writer = csv.writer(f)
-    writer.writerow(['name', 'ev_tag', 'protocol'] + columns)
-    for row in rows:
-      for protocol, scores in row.scores.items():
-        writer.writerow([row.name, row.ev_tag, protocol] + [
-            repr(scores[name]) if name in scores else '' for name in columns])
-  _atomic_write(path, write)
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['name', 'ev_tag', 'protocol'] + columns)
+  for row in rows:
+    for protocol, scores in row.scores.items():
+      writer.writerow([row.name, row.ev_tag, protocol] + [
+          repr(scores[name]) if name in scores else '' for name in columns])
+  storage.write_text(path, text.getvalue())
 
 
 def format_table(report: dict) -> str:
@@ -117,7 +111,7 @@ def write_report(report: dict, path: str, **extra) -> None:
     payload['ssim_variant'] = next(iter(variants.values()),
                                    image_quality.SSIM_VARIANT)
   payload['results'] = clean(report)
-  _atomic_write(path, lambda f: json.dump(payload, f, indent=2))
+  storage.write_text(path, json.dumps(payload, indent=2))
 
 
 def image_grid(rows: list[list[np.ndarray]], height: int = 192) -> np.ndarray:

@@ -3,11 +3,21 @@
 clu's metric writers need TensorFlow; the `tensorboard` package itself ships
 the event-file writer and protos, which is all a summary needs. Only process 0
 writes, so multi-host runs produce one set of event files.
+
+A bucket (`gs://...`) cannot append to an object, and TensorBoard's writer
+appends, so for a remote logdir the event file is written in a local
+temporary folder and uploaded whole (replacing the object) at every `flush`
+(after each evaluation) and at `close`: TensorBoard, reading the bucket,
+sees the events up to the last flush.
 """
 
 import os
+import shutil
+import tempfile
 import time
 from typing import Mapping
+
+from absl import logging
 
 import jax
 import numpy as np
@@ -17,6 +27,7 @@ from tensorboard.compat.proto import tensor_pb2
 from tensorboard.summary.writer import event_file_writer
 
 from data_prep import image_codec
+from data_prep import storage
 from expcorr_jax import pixels
 
 
@@ -26,9 +37,16 @@ class SummaryWriter:
   def __init__(self, logdir: str, *, enabled: bool | None = None):
     self._enabled = jax.process_index() == 0 if enabled is None else enabled
     self._writer = None
+    self._logdir = storage.path(logdir)
+    self._staging = None
     if self._enabled:
-      os.makedirs(logdir, exist_ok=True)
-      self._writer = event_file_writer.EventFileWriter(logdir)
+      self._logdir.mkdir(parents=True, exist_ok=True)
+      if storage.is_remote(self._logdir):
+        self._staging = tempfile.mkdtemp(prefix='expcorr_events_')
+        logging.info('Event files are written in %s and uploaded to %s at '
+                     'every flush.', self._staging, self._logdir)
+      self._writer = event_file_writer.EventFileWriter(
+          self._staging or os.fspath(self._logdir))
 
   def _write(self, step: int, values: list[summary_pb2.Summary.Value]):
     if self._writer is None or not values:
@@ -70,8 +88,17 @@ class SummaryWriter:
   def flush(self) -> None:
     if self._writer is not None:
       self._writer.flush()
+      self._upload()
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+      self._upload()
+      if self._staging is not None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+  def _upload(self) -> None:
+    """Copies the staged event file(s) whole to a remote logdir."""
+    if self._staging is not None:
+      storage.copy_tree(self._staging, self._logdir)

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from data_prep import storage
 from expcorr_jax import base_config
 from expcorr_jax import checkpointing
 from expcorr_jax import distributed
@@ -287,7 +288,7 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
       protocols.resolve(task, config.eval.protocols),
       limit=config.eval.max_images,
       num_grid_images=config.eval.num_grid_images, grid_reference=reference)
-  path = os.path.join(workdir, f'eval_step_{step}.json')
+  path = storage.path(workdir) / f'eval_step_{step}.json'
   if jax.process_index() == 0:
     reports.write_report(report, path, step=step, model=config.model,
                          dataset=config.data.name,
@@ -305,25 +306,33 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
     writer.write_images(step, {'eval/input_output_target_reference': grid})
     if jax.process_index() == 0:
       from data_prep import image_codec  # pylint: disable=g-import-not-at-top
-      image_codec.write_png(os.path.join(workdir, f'eval_grid_step_{step}.png'),
-                            grid)
+      image_codec.write_png(
+          storage.path(workdir) / f'eval_grid_step_{step}.png', grid)
   writer.flush()
   return report
 
 
-def local_workdir(workdir: str) -> str:
-  """The absolute workdir; refuses URLs such as gs:// with the fix.
+def check_locations(config: ml_collections.ConfigDict, workdir: str,
+                    what: str = '--workdir') -> str:
+  """The workdir (local or gs://), after proving it writable, and a remote
+  data_dir that still needs its dataset built: a missing bucket, missing
+  access or an unreachable endpoint fails here, before any data is built or
+  anything compiles. (A prepared dataset in a read-only bucket is fine.)
 
-  Summaries, reports and image grids are written with local file calls, so a
-  bucket must be mounted (e.g. with GCS FUSE) and given as a path.
+  Raises:
+    storage.StorageError: one line naming the location and the cause.
   """
-  if '://' in str(workdir):
-    raise ValueError(
-        f'--workdir={workdir}: remote workdirs are not supported (summaries '
-        'and reports are written as local files). Mount the bucket (e.g. '
-        '`gcsfuse --implicit-dirs BUCKET /mnt/bucket`) and pass a path under '
-        'the mount, or use a local or network-filesystem path.')
-  return os.path.abspath(os.path.expanduser(workdir))
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  checked = os.fspath(storage.check_writable(workdir, what))
+  data = config.data
+  if storage.is_remote(data.data_dir):
+    try:
+      prepared = build.get_builder(data.name, data.data_dir).is_prepared()
+    except Exception:  # pylint: disable=broad-except  # Named just below.
+      prepared = False
+    if not prepared:
+      storage.check_writable(data.data_dir, '--config.data.data_dir')
+  return checked
 
 
 def prepare_dataset(config: ml_collections.ConfigDict) -> None:
@@ -384,8 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   from data_prep import build  # pylint: disable=g-import-not-at-top
   validate_config(config)
-  workdir = local_workdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = check_locations(config, workdir)
   task = tasks.get_task(config.model)
   # Frozen parts (VGG16, an ERL stage) load once, before the dataset is
   # built: a missing or broken checkpoint fails at once.

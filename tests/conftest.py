@@ -48,3 +48,36 @@ def sample_data_dir(tmp_path_factory):
   data_dir = root / 'sample_tfds'
   build.ensure_prepared('multi_exposure/sample', str(data_dir))
   return str(data_dir)
+
+
+@pytest.fixture(scope='session')
+def gcs_server(tmp_path_factory):
+  """A GCS-compatible server (fake-gcs-server) on 127.0.0.1 for this session.
+
+  Its variables are set in this process's environment (and so inherited by
+  the subprocesses tests start) while it runs; every client finds it through
+  them alone, as a user's would (tests/gcs_server.py).
+  """
+  import gcs_server as server_lib  # pylint: disable=g-import-not-at-top
+  server = server_lib.GcsServer(tmp_path_factory.mktemp('gcs'))
+  server.start()
+  saved = {name: os.environ.get(name) for name in server.env}
+  os.environ.update(server.env)
+  try:
+    yield server
+  finally:
+    server.stop()
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server, request):
+  """A new, empty bucket on the session's server: 'gs://<name>'."""
+  import re  # pylint: disable=g-import-not-at-top
+  import uuid  # pylint: disable=g-import-not-at-top
+  stem = re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())[:40].strip('-')
+  return gcs_server.create_bucket(f'{stem}-{uuid.uuid4().hex[:8]}')

@@ -14,6 +14,7 @@ import skimage.data
 import tifffile
 
 from data_prep import raw_render
+from data_prep import storage
 from data_prep import synthetic_raw as sr
 
 TUNGSTEN_NEUTRAL = (0.72, 1.0, 0.4)
@@ -188,12 +189,13 @@ def test_noise_is_seeded():
 
 
 def test_atomic_write_leaves_only_the_file(tmp_path):
+  # The one atomic writer (data_prep/storage.py), which writes the DNGs.
   target = tmp_path / 'a.dng'
   target.write_bytes(b'old')
-  sr.atomic_write_bytes(target, b'new')
+  storage.write_bytes(target, b'new')
   assert target.read_bytes() == b'new'
   assert os.listdir(tmp_path) == ['a.dng']
   with pytest.raises(TypeError):
-    sr.atomic_write_bytes(target, 'not bytes')
+    storage.write_bytes(target, 'not bytes')
   assert target.read_bytes() == b'new'  # Untouched by the failed write.
   assert os.listdir(tmp_path) == ['a.dng']  # The temporary was removed.

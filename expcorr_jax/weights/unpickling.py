@@ -39,6 +39,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from data_prep import storage
+
 __all__ = [
     'CheckpointFormatError',
     'UnsafeCheckpointError',
@@ -345,20 +347,28 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     CheckpointFormatError: not a zip checkpoint (e.g. the legacy format),
       corrupt storages, or content that is not a state_dict.
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
+  source = storage.path(path)  # Local or in a bucket.
+  path = os.fspath(source)
+  if not source.is_file():
     raise FileNotFoundError(f'checkpoint {path} does not exist')
-  if not zipfile.is_zipfile(path):
-    with open(path, 'rb') as f:
-      head = f.read(2)
-    if head[:1] == b'\x80':
+  with source.open('rb') as file:
+    if not zipfile.is_zipfile(file):
+      file.seek(0)
+      if file.read(1) == b'\x80':
+        raise CheckpointFormatError(
+            f'{path} uses the legacy (pre-1.6, non-zip) torch.save format, '
+            'which is unsupported; re-save it with a recent PyTorch: '
+            'torch.save(torch.load(path), new_path)')
       raise CheckpointFormatError(
-          f'{path} uses the legacy (pre-1.6, non-zip) torch.save format, '
-          'which is unsupported; re-save it with a recent PyTorch: '
-          'torch.save(torch.load(path), new_path)')
-    raise CheckpointFormatError(
-        f'{path} is not a PyTorch zip checkpoint (.pth written by torch.save)')
-  with zipfile.ZipFile(path) as archive:
+          f'{path} is not a PyTorch zip checkpoint (.pth written by '
+          'torch.save)')
+    file.seek(0)
+    return _read_state_dict(file, path)
+
+
+def _read_state_dict(file: Any, path: str) -> dict[str, np.ndarray]:
+  """`load_state_dict` of an open, seekable zip file."""
+  with zipfile.ZipFile(file) as archive:
     prefix = _archive_prefix(archive, path)
     byteorder = 'little'
     if f'{prefix}byteorder' in archive.namelist():
@@ -441,6 +451,5 @@ def safe_load_numpy_pickle(data: bytes | str | os.PathLike) -> Any:
       arrays or other objects.
   """
   if not isinstance(data, bytes):
-    with open(data, 'rb') as f:
-      data = f.read()
+    data = storage.path(data).read_bytes()
   return _check_tree(_NumpyOnlyUnpickler(io.BytesIO(data)).load())
