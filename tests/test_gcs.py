@@ -22,11 +22,11 @@ import pytest
 import checkpoint_writer  # tests/ is on sys.path.
 import gcs_server as server_lib
 import test_inference
+import test_train
 from data_prep import build
 from data_prep import image_codec
 from data_prep import storage
 from expcorr_jax import checkpointing
-from expcorr_jax import config_args
 from expcorr_jax import correct
 from expcorr_jax import evaluate
 from expcorr_jax import inference
@@ -55,20 +55,9 @@ def _assert_same_tree(actual, expected):
 
 def _config(data_dir: str):
   """The config the overrides above give, for an in-process reference run."""
-  config = config_args.load_config(REPO_ROOT / 'configs' / 'uec.py',
-                                   'runlocal')
-  config.data.data_dir = data_dir
-  config.data.crop_size = 32
-  config.model_encoder_height = 32
-  config.batch_size = 8
-  config.num_train_steps = STEPS
+  config = test_train.tiny_config(data_dir, num_train_steps=STEPS)
   config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
   config.keep_checkpoints = 2
-  config.eval_every_steps = 1000
-  config.eval.max_images = 2
-  config.eval.protocols = ('full',)
-  config.eval.num_grid_images = 1
   return config
 
 
