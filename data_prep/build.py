@@ -41,6 +41,7 @@ from absl import flags
 from absl import logging
 import tensorflow_datasets as tfds
 
+from data_prep import source_record
 from data_prep import storage
 # Imported for their side effect: defining a builder registers it with TFDS.
 from data_prep.datasets import lcdp  # pylint: disable=unused-import
@@ -152,16 +153,41 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
       None means TFDS's default, `<data_dir>/downloads/manual`.
     allow_incomplete: build even if targets are missing or a test split has
       bad files, leaving those examples out and recording them (`omissions`).
+
+  Raises:
+    FileNotFoundError: `manual_dir` is given but is no folder.
+    source_record.SourceMismatchError: the dataset is prepared in `data_dir`
+      from other source files than `manual_dir` holds.
   """
+  source = source_record.describe(manual_dir)
   builder = get_builder(name, data_dir, allow_incomplete=allow_incomplete)
   if builder.is_prepared():
+    _check_source(builder, name, data_dir, manual_dir, source)
     return
   if storage.is_remote(data_dir) or storage.is_remote(manual_dir):
-    _prepare_through_staging(builder, name, data_dir, manual_dir,
+    _prepare_through_staging(builder, name, data_dir, manual_dir, source,
                              allow_incomplete)
     return
+  _build_locally(builder, name, data_dir, manual_dir, source)
+
+
+def _check_source(builder: tfds.core.DatasetBuilder, name: str,
+                  data_dir: str | os.PathLike[str] | None,
+                  manual_dir: str | os.PathLike[str] | None,
+                  source: source_record.Source) -> None:
+  source_record.check(
+      name, _expand(data_dir), builder.data_dir, source,
+      build_command(name, 'ANOTHER_DATA_DIR', _expand(manual_dir)))
+
+
+def _build_locally(builder: tfds.core.DatasetBuilder, name: str,
+                   data_dir: str | os.PathLike[str] | None,
+                   manual_dir: str | os.PathLike[str] | None,
+                   source: source_record.Source) -> None:
+  """Builds into a local data_dir under its lock; records `source`."""
   with _build_lock(builder):
     if builder.is_prepared():  # Another process built it while we waited.
+      _check_source(builder, name, data_dir, manual_dir, source)
       return
     _remove_incomplete(builder)
     logging.info('Building %s into %s.', name, builder.data_dir)
@@ -169,6 +195,7 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
         file_format=FILE_FORMAT,
         download_config=tfds.download.DownloadConfig(
             manual_dir=_expand(manual_dir)))
+    source_record.record(builder.data_dir, source)
 
 
 def _staging_parent() -> str:
@@ -181,6 +208,7 @@ def _staging_parent() -> str:
 def _prepare_through_staging(builder: tfds.core.DatasetBuilder, name: str,
                              data_dir: str | os.PathLike[str] | None,
                              manual_dir: str | os.PathLike[str] | None,
+                             source: source_record.Source,
                              allow_incomplete: bool) -> None:
   """Builds `name` for a bucket: sources in a bucket are copied down, the
   dataset is built locally and uploaded with `dataset_info.json` last.
@@ -200,11 +228,13 @@ def _prepare_through_staging(builder: tfds.core.DatasetBuilder, name: str,
                    manual_dir, local_manual)
     local_data = (os.path.join(staging, 'data') if storage.is_remote(data_dir)
                   else data_dir)
-    ensure_prepared(name, local_data, local_manual,
-                    allow_incomplete=allow_incomplete)
+    local_builder = get_builder(name, local_data,
+                                allow_incomplete=allow_incomplete)
+    # The record names the source as given (the bucket), not the copy.
+    _build_locally(local_builder, name, local_data, local_manual, source)
     if local_data is data_dir:
       return
-    built = get_builder(name, local_data).data_dir
+    built = local_builder.data_dir
     target = storage.path(builder.data_dir)
     storage.remove_tree(target)  # An earlier, interrupted upload.
     count = storage.copy_tree(built, target, last=(_DATASET_INFO,))

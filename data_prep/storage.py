@@ -148,7 +148,7 @@ def copy_tree(source: PathLike, destination: PathLike, *,
   """
   source, destination = path(source), path(destination)
   last = set(last)
-  files = sorted(_files_under(source))
+  files = sorted(files_under(source))
   files.sort(key=lambda f: os.fspath(f.relative_to(source)) in last)
   for file in files:
     target = destination / os.fspath(file.relative_to(source))
@@ -161,16 +161,33 @@ def copy_tree(source: PathLike, destination: PathLike, *,
   return len(files)
 
 
-def _files_under(folder: epath.Path) -> list[epath.Path]:
+def files_under(folder: PathLike) -> list[epath.Path]:
   """Every file below `folder` (a listing per folder: no `**` glob, which
   epath refuses on buckets)."""
   files = []
-  for child in folder.iterdir():
+  for child in path(folder).iterdir():
     if child.is_dir():
-      files += _files_under(child)
+      files += files_under(child)
     else:
       files.append(child)
   return files
+
+
+def sizes_under(folder: PathLike) -> dict[str, int]:
+  """Relative path -> size of every file below `folder`.
+
+  A bucket is listed in one paginated request (gcsfs's `find`), not one
+  request per file.
+  """
+  folder = path(folder)
+  if not is_remote(folder):
+    return {os.fspath(file.relative_to(folder)): os.path.getsize(file)
+            for file in files_under(folder)}
+  filesystem = fsspec.filesystem('gcs')
+  root = os.fspath(folder).split('://', 1)[1].rstrip('/')
+  found = filesystem.find(root, detail=True)
+  return {name[len(root) + 1:]: int(info['size'])
+          for name, info in found.items() if info.get('type') == 'file'}
 
 
 def remove_tree(location: PathLike) -> None:

@@ -159,18 +159,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
     raise ValueError('Give exactly one of --checkpoint and --outputs_dir.')
   task = tasks.get_task(config.model)
   chosen = protocols.resolve(task, config.eval.protocols)
-  # Where the report goes and the checkpoint are checked before the dataset
-  # is built: a wrong path, bucket or method fails at once.
+  # Where the report goes, the checkpoint, the reference and outputs_dir
+  # are checked before the dataset is built (and a manual_dir before it is
+  # built from): a wrong path, bucket or method fails at once.
   output_dir = storage.path(train.check_locations(config, output_dir,
                                                   '--output_dir'))
   loaded = (None if checkpoint is None else
             model_loading.load(checkpoint, config=config))
-  train.prepare_dataset(config)
-  source = train.eval_pairs(config)
   reference = (evaluation.load_reference(config) if task.needs_reference
                else None)
-  if loaded is None:
-    correct_pair = PrecomputedOutputs(outputs_dir, reference)
+  outputs = (None if outputs_dir is None else
+             PrecomputedOutputs(outputs_dir, reference))  # Checks the folder.
+  train.prepare_dataset(config)
+  source = train.eval_pairs(config)
+  if outputs is not None:
+    correct_pair = outputs
     count = input_pipeline.num_eval_pairs(source, config.eval.max_images)
     correct_pair.check_complete(
         [input_pipeline.eval_pair_label(source, i)[0] for i in range(count)],

@@ -86,15 +86,23 @@ def load_reference(config) -> np.ndarray:
   """The fixed evaluation reference, `config.eval.reference`, as float32.
 
   'sample' is a well-exposed frame of the embedded sample; anything else is
-  an image path. Methods that take a reference (`Task.needs_reference`)
-  correct every evaluation input towards it.
+  an image path ('~' expanded; a gs:// URL too). Methods that take a
+  reference (`Task.needs_reference`) correct every evaluation input towards
+  it.
+
+  Raises:
+    FileNotFoundError: no such file, naming the setting.
   """
   if config.eval.reference == 'sample':
     from data_prep import sample_scenes  # pylint: disable=g-import-not-at-top
     image = sample_scenes.well_exposed_reference()
   else:
-    from data_prep import image_codec  # pylint: disable=g-import-not-at-top
-    image = image_codec.read_image(config.eval.reference)
+    path = storage.path(config.eval.reference)
+    if not path.is_file():
+      raise FileNotFoundError(
+          f'--config.eval.reference={config.eval.reference}: no such image '
+          f'file ({path}). Give an image path, or \'sample\'.')
+    image = image_codec.read_image(path)
   return pixels.to_float(image)
 
 

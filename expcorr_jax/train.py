@@ -395,9 +395,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   workdir = check_locations(config, workdir)
   task = tasks.get_task(config.model)
-  # Frozen parts (VGG16, an ERL stage) load once, before the dataset is
-  # built: a missing or broken checkpoint fails at once.
+  # Frozen parts (VGG16, an ERL stage) load once, and the evaluation
+  # reference is read, before the dataset is built: a missing or broken
+  # file fails at once.
   frozen = load_frozen(config)
+  reference = (evaluation.load_reference(config) if task.needs_reference
+               else None)
   prepare_dataset(config)
   train_source = build.data_source(config.data.name, config.data.train_split,
                                    config.data.data_dir)
@@ -431,8 +434,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   else:
     logging.info('Resuming at step %d of %d.', step, config.num_train_steps)
 
-  reference = (evaluation.load_reference(config) if task.needs_reference
-               else None)
   pending = []
   last_log = time.time()
   with distributed.Preemption() as preemption:
