@@ -188,7 +188,8 @@ class PairCorrector:
 
 def pair_corrector(task: contract.Task, model: Any, params: Any,
                    reference: np.ndarray | None = None,
-                   save_dir: str | os.PathLike[str] | None = None) -> PairCorrector:
+                   save_dir: str | os.PathLike[str] | None = None
+                   ) -> PairCorrector:
   """(pair, protocol) -> the `ScoredImages` `evaluate` scores.
 
   Args:
@@ -207,11 +208,12 @@ def metric_names(protocol: contract.Protocol, with_lpips: bool
                  ) -> tuple[str, ...]:
   """The per-pair metrics a protocol computes, in report order.
 
-  PSNR, SSIM, LPIPS (if computed), the protocol's `extra_metric_names`,
+  PSNR, SSIM (the protocol's variant), `ssim_y` (PyIQA's `ssim`, every
+  protocol), LPIPS (if computed), the protocol's `extra_metric_names`,
   `psnr_<target>` / `ssim_<target>` per target of `target_names`; then the
   same for the identity baseline, prefixed 'identity_'.
   """
-  own = ['psnr', 'ssim'] + (['lpips'] if with_lpips else [])
+  own = ['psnr', 'ssim', 'ssim_y'] + (['lpips'] if with_lpips else [])
   own += list(protocol.extra_metric_names)
   own += [f'{metric}_{target}' for target in protocol.target_names
           for metric in ('psnr', 'ssim')]
@@ -308,6 +310,8 @@ def _scores(images: contract.ScoredImages, protocol: contract.Protocol,
              for t in targets]
     values[f'{prefix}psnr'] = float(np.mean(psnrs))
     values[f'{prefix}ssim'] = float(np.mean(ssims))
+    values[f'{prefix}ssim_y'] = float(np.mean(
+        [image_quality.ssim_y(candidate, t) for t in targets]))
     if protocol.extra_metrics is not None:
       extra = protocol.extra_metrics(candidate, images.target)
       for name in protocol.extra_metric_names:
@@ -356,6 +360,9 @@ def summarise(rows: Sequence[PairScores],
         {name: float('nan') for name in metric_names(
             protocol, with_lpips[protocol.name])}, count=0))
     result['ssim_variant'] = image_quality.SSIM_VARIANTS[protocol.ssim_color]
+    result['ssim_y_variant'] = image_quality.SSIM_Y_VARIANT
+    # Which of the two a paper's SSIM column is, for this protocol.
+    result['paper_ssim'] = protocol.paper_ssim
     result['lpips_variant'] = (_lpips_variant() if with_lpips[protocol.name]
                                else None)
     if protocol.target_names:

@@ -24,7 +24,7 @@ from expcorr_jax import pixels
 from expcorr_jax.metrics import image_quality
 
 _TABLE_COLUMNS = (  # (metric, heading, width, decimals)
-    ('psnr', 'PSNR', 8, 3), ('ssim', 'SSIM', 7, 4),
+    ('psnr', 'PSNR', 8, 3), ('ssim', 'SSIM', 7, 4), ('ssim_y', 'SSIM-Y', 7, 4),
     ('identity_psnr', 'id PSNR', 8, 3), ('identity_ssim', 'id SSIM', 8, 4),
     ('lpips', 'LPIPS', 7, 4), ('identity_lpips', 'id LPIPS', 8, 4),
     ('edge_psnr', 'edge PSNR', 9, 3), ('edge_f1', 'edge F1', 7, 4),

@@ -206,9 +206,16 @@ def test_uec_report_keeps_its_layout(tmp_path):
   identity = lambda pair, protocol: (pair.input, pair.input, pair.target)
   report, _ = evaluation.evaluate(pairs, identity, (FULL, UEC256))
   expected_psnr = np.mean([image_quality.psnr(p.input, p.target) for p in pairs])
-  expected_ssim = np.mean([image_quality.ssim(p.input, p.target) for p in pairs])
+  # 'full' reports the RGB SSIM of RECNet's code, UEC's protocol PyIQA's
+  # (its official evaluation): the contrast-structure term clipped at 0.
+  expected_ssims = {
+      protocol: np.mean([image_quality.ssim(p.input, p.target, color)
+                         for p in pairs])
+      for protocol, color in (('full', 'rgb'), ('uec256', 'rgb_pyiqa'))}
+  expected_ssim_y = np.mean([image_quality.ssim_y(p.input, p.target)
+                             for p in pairs])
   assert list(report) == ['full', 'uec256']
-  for result in report.values():
+  for protocol, result in report.items():
     assert list(result['per_ev']) == ['N1', 'P1']
     assert result['per_ev']['N1']['count'] == 2
     assert result['under']['count'] == 2 and result['over']['count'] == 1
@@ -216,11 +223,17 @@ def test_uec_report_keeps_its_layout(tmp_path):
     # the metrics computed here.
     for prefix in ('', 'identity_'):
       assert result['all'][f'{prefix}psnr'] == pytest.approx(expected_psnr)
-      assert result['all'][f'{prefix}ssim'] == pytest.approx(expected_ssim)
+      assert result['all'][f'{prefix}ssim'] == pytest.approx(
+          expected_ssims[protocol])
+      assert result['all'][f'{prefix}ssim_y'] == pytest.approx(
+          expected_ssim_y)
+  assert report['uec256']['paper_ssim'] == 'ssim_y'
   path = tmp_path / 'eval.json'
   reports.write_report(report, str(path))
   saved = json.loads(path.read_text())
-  assert saved['ssim_variant'] == image_quality.SSIM_VARIANT
+  assert saved['ssim_variants'] == {
+      'full': image_quality.SSIM_VARIANT,
+      'uec256': image_quality.SSIM_VARIANTS['rgb_pyiqa']}
   # inf PSNR (identical images) is written as a string, not invalid JSON.
   report, _ = evaluation.evaluate(
       pairs[:1], lambda pair, protocol: (pair.input, pair.target, pair.target),

@@ -198,8 +198,10 @@ class Protocol:
     quantise: the model's float output (HxWx3) -> uint8 scored pixels,
       usually `pixels.to_uint8` (rounding); a protocol that truncates says
       so here.
-    ssim_color: 'rgb' (SSIM averaged over the channels) or 'gray' (SSIM of
-      the rounded BT.601 luma).
+    ssim_color: the variant reported as 'ssim' (`image_quality.
+      SSIM_VARIANTS`): 'rgb' (averaged over the channels), 'gray' (of the
+      rounded BT.601 luma) or 'rgb_pyiqa' (PyIQA's `ssimc`). Every protocol
+      also reports 'ssim_y' (PyIQA's `ssim`).
     lpips: whether to compute LPIPS-VGG (costly on a CPU).
     description: one line for reports and the README.
     extra_metrics: (uint8 output, uint8 target) -> {name: value} for
@@ -211,6 +213,8 @@ class Protocol:
       then the others'. PSNR and SSIM are then the means over all of them,
       and each one's own figures are reported as `psnr_<name>` /
       `ssim_<name>`. Empty: one target.
+    paper_ssim: which reported SSIM ('ssim' or 'ssim_y') the paper this
+      protocol follows put in its SSIM column (in every report).
     region_names: the regions `PreparedPair.regions` holds, in order; PSNR
       and SSIM inside each are reported as `psnr_<region>` /
       `ssim_<region>` (NaN where a pair has no such pixel). Empty: none.
@@ -226,6 +230,7 @@ class Protocol:
   extra_metric_names: tuple[str, ...] = ()
   target_names: tuple[str, ...] = ()
   region_names: tuple[str, ...] = ()
+  paper_ssim: str = 'ssim'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -254,10 +254,13 @@ def _uec256_protocol(name: str, antialias: bool,
         shown_input=pixels.to_uint8(model_input),
         target=pixels.to_uint8(float_resize_256(pair.target, antialias)))
 
+  # The official evaluation is PyIQA (UEC's README): its `ssimc` is the RGB
+  # SSIM, its `ssim` (ssim_y) the one a PyIQA table's SSIM column holds.
   return contract.Protocol(
       name=name, prepare=prepare,
       quantise=lambda output: pixels.to_uint8(output, truncate=True),
-      ssim_color='rgb', lpips=False, description=description)
+      ssim_color='rgb_pyiqa', lpips=False, description=description,
+      paper_ssim='ssim_y')
 
 
 # Which resize the authors ran is not known: torchvision 0.17 (January 2024)
