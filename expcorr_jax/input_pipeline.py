@@ -57,14 +57,10 @@ def source_repr(source: Any) -> str:
   return repr(source)
 
 
-def _fit_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
-  """Upscales (bilinear, aspect kept) an image whose short side < crop."""
-  height, width = image.shape[:2]
-  if min(height, width) >= crop_size:
-    return image
-  scale = crop_size / min(height, width)
-  size = (max(crop_size, round(width * scale)),
-          max(crop_size, round(height * scale)))
+def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+  """An HxWx3 uint8/uint16 image resized with Pillow's bilinear filter
+  (antialiased when shrinking, as torchvision's `Resize` of a PIL image)."""
+  size = (width, height)
   if image.dtype == np.uint8:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
   channels = [
@@ -74,12 +70,30 @@ def _fit_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
   return np.round(np.stack(channels, -1)).astype(image.dtype)
 
 
+def _fit_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
+  """Upscales (bilinear, aspect kept) an image whose short side < crop."""
+  height, width = image.shape[:2]
+  if min(height, width) >= crop_size:
+    return image
+  scale = crop_size / min(height, width)
+  return resize_bilinear(image, max(crop_size, round(width * scale)),
+                         max(crop_size, round(height * scale)))
+
+
 def crop_and_flip(images: Sequence[np.ndarray], rng: np.random.Generator,
-                  crop_size: int | None, flip: bool) -> list[np.ndarray]:
-  """One random crop box and flip, shared by images of one scene."""
+                  crop_size: int | None, flip: bool,
+                  resize_to: int | None = None) -> list[np.ndarray]:
+  """One random crop box and flip, shared by images of one scene.
+
+  `resize_to` first resizes every image to resize_to x resize_to, aspect
+  ignored (UEC's official radiometry loader: 448); it draws no random
+  number, so the crops and flips are as without it.
+  """
   shapes = {image.shape for image in images}
   if len(shapes) != 1:
     raise ValueError(f'Frames of one scene differ in size: {sorted(shapes)}.')
+  if resize_to:
+    images = [resize_bilinear(image, resize_to, resize_to) for image in images]
   if crop_size:
     images = [_fit_to_crop(image, crop_size) for image in images]
     height, width = images[0].shape[:2]

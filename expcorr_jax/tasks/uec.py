@@ -76,6 +76,7 @@ class UECSample(grain.transforms.RandomMap):
   crop_size: int | None
   flip: bool
   with_normal: bool = False
+  resize_to: int | None = None
 
   def random_map(self, element, rng: np.random.Generator) -> dict[str, Any]:
     index, record = element
@@ -107,10 +108,10 @@ class UECSample(grain.transforms.RandomMap):
       scene_frames.append(decode(frames[normal_frame]))
     # One crop box and flip for every frame of the scene.
     image_in, image_target, *normal = input_pipeline.crop_and_flip(
-        scene_frames, rng, self.crop_size, self.flip)
+        scene_frames, rng, self.crop_size, self.flip, self.resize_to)
     ref_lo, ref_hi = input_pipeline.crop_and_flip(
         [decode(other_frames[lo]), decode(other_frames[hi])], rng,
-        self.crop_size, self.flip)
+        self.crop_size, self.flip, self.resize_to)
     sample = {
         'input': image_in, 'target': image_target,
         'ref_lo': ref_lo, 'ref_hi': ref_hi,
@@ -124,18 +125,25 @@ class UECSample(grain.transforms.RandomMap):
 
 
 def train_loader(source, *, crop_size: int | None, flip: bool,
-                 with_normal: bool = False,
+                 with_normal: bool = False, resize_to: int | None = None,
                  **loader_kwargs) -> grain.DataLoader:
   """The UEC sampler over a multi-exposure source, as a grain loader."""
   indexed = IndexedSource(source)
   return input_pipeline.make_train_loader(
-      indexed, UECSample(indexed, crop_size, flip, with_normal),
+      indexed, UECSample(indexed, crop_size, flip, with_normal, resize_to),
       **loader_kwargs)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.loss.num_passes < 1:
     raise ValueError('loss.num_passes must be at least 1.')
+  resize_to, crop_size = config.data.resize_to, config.data.crop_size
+  if resize_to is not None and (resize_to < 16 or (crop_size or 0) >
+                                resize_to):
+    raise ValueError(
+        f'config.data.resize_to={resize_to} must be at least 16 and at least '
+        f'crop_size={crop_size}; the official radiometry transform is '
+        '--config.data.resize_to=448 --config.data.crop_size=None.')
 
 
 def create_model(config: ml_collections.ConfigDict) -> uec.UEC:
@@ -159,6 +167,7 @@ def make_train_loader(config: ml_collections.ConfigDict, train_source: Any,
   return train_loader(train_source, crop_size=config.data.crop_size,
                       flip=config.data.flip,
                       with_normal=needs.normal_exposure_pair,
+                      resize_to=config.data.resize_to,
                       **loader_kwargs)
 
 
