@@ -12,6 +12,14 @@ when the job really has more than one process:
   Kubernetes), but only when the detected job has more than one process: a
   plain run, or a Slurm allocation of one task, stays single-process.
 
+Never a silent split-brain: when the environment itself says the job has
+several processes (`SLURM_NTASKS`, `SLURM_NPROCS`, `OMPI_COMM_WORLD_SIZE`,
+`PMI_SIZE` > 1, or several `TPU_WORKER_HOSTNAMES`) but JAX's detection
+fails or finds no such job, or the runtime cannot start, the process exits
+with one line naming what was detected and what failed
+(`ClusterStartError`), instead of running as process 0 of 1 beside the
+others in the same workdir.
+
 On multi-process CPU runs the CPU collectives go through gloo (XLA has no
 other CPU implementation across processes); on GPUs and TPUs that setting is
 unused.
@@ -24,6 +32,7 @@ process then saves that step and exits. A single process keeps its own
 SIGTERM handler (the runtime's is only there after `initialize`).
 """
 
+import os
 import signal
 import threading
 
@@ -53,12 +62,52 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=flag_values)
 
 
+class ClusterStartError(RuntimeError):
+  """The environment says the job has several processes, but the runtime
+  cannot be started: running on as one process of one would have every host
+  write the same workdir (a silent split-brain)."""
+
+
+def _host_count(value: str) -> int:
+  return len([host for host in value.split(',') if host.strip()])
+
+
+# Environment variables that say a job has several processes, read on their
+# own (not through JAX's detection, which may fail or change): name -> the
+# process count its value gives.
+_CLUSTER_SIGNALS = (
+    ('SLURM_NTASKS', int), ('SLURM_NPROCS', int),
+    ('OMPI_COMM_WORLD_SIZE', int), ('PMI_SIZE', int),
+    ('TPU_WORKER_HOSTNAMES', _host_count),  # Set on every TPU pod worker.
+)
+
+
+def cluster_signals() -> dict[str, int]:
+  """{variable: process count} of the variables saying count > 1."""
+  found = {}
+  for name, count_of in _CLUSTER_SIGNALS:
+    try:
+      count = count_of(os.environ[name])
+    except (KeyError, ValueError):
+      continue
+    if count > 1:
+      found[name] = count
+  return found
+
+
+def _describe(signals: dict[str, int]) -> str:
+  return ', '.join(f'{name}={count}' for name, count in signals.items())
+
+
 def _detected_cluster() -> tuple[str, int] | None:
   """(name, process count) of the cluster JAX's detection would use, if any.
 
   Uses JAX's own cluster environments (the ones `jax.distributed.initialize()`
   without arguments tries), so the rule is the same as JAX's; their process
   count tells a one-task job from a real multi-process one.
+
+  Raises:
+    Exception: a detection raised (e.g. a metadata-server hiccup).
   """
   try:
     from jax._src import clusters  # pylint: disable=g-import-not-at-top
@@ -67,12 +116,8 @@ def _detected_cluster() -> tuple[str, int] | None:
   for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
     if env.opt_in_only_method:
       continue
-    try:
-      if env.is_env_present():
-        return env.__name__, int(env.get_process_count())
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Cluster detection %s failed (%s); treating the job as '
-                      'single-process.', env.__name__, e)
+    if env.is_env_present():
+      return env.__name__, int(env.get_process_count())
   return None
 
 
@@ -108,14 +153,42 @@ def initialize(coordinator_address: str | None = None,
     if num_processes == 1:
       return False
     kwargs = given
+    described = f'--num_processes={num_processes}'
   else:
-    detected = _detected_cluster()
+    signals = cluster_signals()
+    refusal = (f'The environment says this job has several processes '
+               f'({_describe(signals)}), but ')
+    fix = ('. Refusing to run as a single process: every host would train '
+           'and write the same workdir. Fix the cluster environment, or pass '
+           '--coordinator_address, --num_processes and --process_id.')
+    try:
+      detected = _detected_cluster()
+    except Exception as e:  # pylint: disable=broad-except
+      if signals:
+        raise ClusterStartError(refusal + f'JAX\'s cluster detection failed '
+                                f'({type(e).__name__}: {e})' + fix) from e
+      logging.warning('Cluster detection failed (%s); nothing in the '
+                      'environment says the job has several processes, so '
+                      'it runs as one.', e)
+      detected = None
     if detected is None or detected[1] <= 1:
+      if signals:
+        raise ClusterStartError(
+            refusal + ('JAX detected no cluster' if detected is None else
+                       f'JAX detected a {detected[0]} job of 1 process')
+            + fix)
       return False
     logging.info('%s job of %d processes detected.', *detected)
     kwargs = {}
+    described = f'a {detected[0]} job of {detected[1]} processes'
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ClusterStartError(
+        f'{described} was detected, but the distributed runtime could not '
+        f'start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+        '). Refusing to run as a single process.') from e
   logging.info('JAX distributed runtime: process %d of %d.',
                jax.process_index(), jax.process_count())
   return True
@@ -129,6 +202,8 @@ def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS
                       flag_values.num_processes, flag_values.process_id)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  except ClusterStartError as e:
+    raise SystemExit(str(e)) from e  # One line, exit status 1.
 
 
 def barrier(name: str) -> None:

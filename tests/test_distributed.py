@@ -78,3 +78,38 @@ def test_single_process_helpers_need_no_runtime():
   local = jax.numpy.arange(6.0).reshape(2, 3)
   gathered = distributed.gather_from_processes(jax.device_get(local))
   assert gathered.shape == (1, 2, 3)
+
+
+@pytest.mark.parametrize('environment, detected, failed', [
+    ({'SLURM_NTASKS': '2'}, 'SLURM_NTASKS=2', 'JAX detected no cluster'),
+    ({'OMPI_COMM_WORLD_SIZE': '4'}, 'OMPI_COMM_WORLD_SIZE=4',
+     'JAX detected no cluster'),
+    # JAX's Slurm detection raises on a bad task count (as a changed private
+    # module or a metadata hiccup would): another variable still tells.
+    ({**_SLURM, 'SLURM_NTASKS': 'x', 'PMI_SIZE': '2'}, 'PMI_SIZE=2',
+     "JAX's cluster detection failed (ValueError"),
+])
+def test_a_cluster_that_cannot_start_is_refused_not_run_split(
+    environment, detected, failed, tmp_path):
+  """Real `python -m expcorr_jax.main` processes: one line, exit 1, and no
+  workdir written, instead of every host training as process 0 of 1."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = {name: value for name, value in os.environ.items()
+         if name not in _CLUSTER_VARIABLES + ('PMI_SIZE', 'SLURM_NPROCS',
+                                              'TPU_WORKER_HOSTNAMES')}
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'expcorr_jax.main',
+       '--config=configs/uec.py:runlocal', f'--workdir={workdir}'],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+      text=True, timeout=120, env={**env, **environment,
+                                   'JAX_PLATFORMS': 'cpu'}, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('The environment says this job has several '
+                         f'processes ({detected}), but {failed}'), last
+  assert 'Refusing to run as a single process' in last
+  assert not workdir.exists()

@@ -264,3 +264,42 @@ def test_a_member_inflating_past_its_declared_size_reads_only_that(tmp_path):
   path.write_bytes(bytes(data).replace(big, (4).to_bytes(4, 'little')))
   with pytest.raises(CheckpointFormatError, match='archive/data/0 is corrupt'):
     unpickling.load_state_dict(path)
+
+
+def test_the_bytes_a_checkpoint_makes_the_loader_allocate_are_capped(
+    tmp_path, monkeypatch):
+  """One cap over all storages read and tensors built: many full views of
+  one small storage, or a storage that inflates from a tiny zip member,
+  are refused before allocating, naming the file and the numbers."""
+  assert unpickling.DEFAULT_MAX_CHECKPOINT_BYTES == 2 << 30
+  monkeypatch.setenv(unpickling.MAX_CHECKPOINT_BYTES_VARIABLE, '10000000')
+  numel = 1_000_000  # A 4 MB storage...
+  items = [(f'view{i}', pth_writer.tensor('0', np.float32, numel, 0,
+                                          (numel,), (1,)))
+           for i in range(5)]  # ...read as 5 full views: 24 MB in all.
+  views = pth_writer.write_zip(
+      tmp_path / 'views.pth', pth_writer.pickle(pth_writer.ordered_dict(items)),
+      {'0': np.ones(numel, np.float32).tobytes()})
+  with pytest.raises(UnsafeCheckpointError,
+                     match=r'views\.pth: a tensor \(1000000,\) of storage 0 '
+                     r'\(4000000 bytes\) would bring what loading it '
+                     r'allocates to 12000000 bytes, over the cap of 10000000'):
+    unpickling.load_state_dict(views)
+  # A 64 MB storage deflated to a few KB: refused before it is inflated.
+  items = [('w', pth_writer.tensor('0', np.float32, 16 << 20, 0, (16 << 20,),
+                                   (1,)))]
+  inflating = tmp_path / 'inflating.pth'
+  with zipfile.ZipFile(inflating, 'w', zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr('archive/data.pkl',
+                     pth_writer.pickle(pth_writer.ordered_dict(items)))
+    archive.writestr('archive/data/0', bytes(64 << 20))
+  assert inflating.stat().st_size < 1 << 20
+  with pytest.raises(UnsafeCheckpointError,
+                     match=r'storage archive/data/0 \(67108864 bytes\) would '
+                     r'bring .* over the cap of 10000000'):
+    unpickling.load_state_dict(inflating)
+  # Under the default cap both load.
+  monkeypatch.delenv(unpickling.MAX_CHECKPOINT_BYTES_VARIABLE)
+  loaded = unpickling.load_state_dict(views)
+  assert sorted(loaded) == [f'view{i}' for i in range(5)]
+  assert unpickling.load_state_dict(inflating)['w'].nbytes == 64 << 20

@@ -97,13 +97,44 @@ _MAX_EXPANDED_TENSOR_BYTES = 1 << 28
 # checkpoints are well under 1 MB, the largest plausible ones a few GB.
 _MAX_STORAGE_BYTES = 1 << 32
 _MAX_PICKLE_BYTES = 1 << 26
+# All one checkpoint may make the loader allocate: the storages read
+# (decompressed) plus every tensor built from them (copies, views of a
+# shared storage included). $EXPCORR_MAX_CHECKPOINT_BYTES changes it.
+MAX_CHECKPOINT_BYTES_VARIABLE = 'EXPCORR_MAX_CHECKPOINT_BYTES'
+DEFAULT_MAX_CHECKPOINT_BYTES = 2 << 30
+
+
+class _ByteBudget:
+  """The bytes one checkpoint's load may allocate in all (see above)."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._limit = int(os.environ.get(MAX_CHECKPOINT_BYTES_VARIABLE,
+                                     DEFAULT_MAX_CHECKPOINT_BYTES))
+    self.used = 0
+
+  def charge(self, amount: int, what: str) -> None:
+    """Counts `amount` bytes, before they are allocated.
+
+    Raises:
+      UnsafeCheckpointError: the total would pass the cap.
+    """
+    if self.used + amount > self._limit:
+      raise UnsafeCheckpointError(
+          f'{self._path}: {what} ({amount} bytes) would bring what loading '
+          f'it allocates to {self.used + amount} bytes, over the cap of '
+          f'{self._limit} for one checkpoint (storages read plus tensors '
+          f'built); refusing before allocating. If the checkpoint is '
+          f'genuine, raise the cap: {MAX_CHECKPOINT_BYTES_VARIABLE}=<bytes>.')
+    self.used += amount
 
 
 def _read_member(archive: zipfile.ZipFile, member: str, expected: int | None,
-                 path: str) -> bytes:
+                 path: str, budget: '_ByteBudget | None' = None) -> bytes:
   """A zip member's bytes, refusing (before reading) one whose declared size
-  is not `expected` (when given) or exceeds the caps; reads at most the
-  declared size, so a member that inflates further cannot exhaust memory."""
+  is not `expected` (when given) or exceeds the caps, or that `budget`
+  cannot afford; reads at most the declared size, so a member that inflates
+  further cannot exhaust memory."""
   try:
     info = archive.getinfo(member)
   except KeyError as e:
@@ -122,6 +153,8 @@ def _read_member(archive: zipfile.ZipFile, member: str, expected: int | None,
     raise UnsafeCheckpointError(
         f'{path}: {member} declares {info.file_size} bytes, over the '
         f'{cap}-byte cap; refusing to read it')
+  if budget is not None:
+    budget.charge(info.file_size, f'storage {member}')
   try:
     with archive.open(info) as f:
       data = f.read(info.file_size + 1)
@@ -163,9 +196,10 @@ class _StorageType:
 class _Storage:
   """A storage read from the archive: a flat array plus where it came from."""
 
-  def __init__(self, key: str, array: np.ndarray):
+  def __init__(self, key: str, array: np.ndarray, budget: _ByteBudget):
     self.key = key
     self.array = array
+    self.budget = budget
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
@@ -210,6 +244,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
         f'would expand its {flat.size}-element storage to {count} elements '
         f'({count * flat.itemsize} bytes); refusing it, since an untrusted '
         'checkpoint must not be able to exhaust memory')
+  storage.budget.charge(count * flat.itemsize,
+                        f'a tensor {shape} of storage {storage.key}')
   view = np.lib.stride_tricks.as_strided(
       flat[offset:], shape=shape,
       strides=tuple(s * flat.itemsize for s in strides), writeable=False)
@@ -252,6 +288,7 @@ class _RestrictedUnpickler(_AllowListUnpickler):
     self._path = path
     self._byteorder = byteorder
     self._storages: dict[str, _Storage] = {}
+    self._budget = _ByteBudget(path)
 
   def _refused(self, module: str, name: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
@@ -278,7 +315,7 @@ class _RestrictedUnpickler(_AllowListUnpickler):
       raise CheckpointFormatError(
           f'{self._path}: storage {member} has {numel} elements')
     raw = _read_member(self._archive, member, numel * dtype.itemsize,
-                       self._path)
+                       self._path, self._budget)
     if len(raw) % dtype.itemsize:
       raise CheckpointFormatError(
           f'{self._path}: storage {member} has {len(raw)} bytes, not a '
@@ -286,7 +323,7 @@ class _RestrictedUnpickler(_AllowListUnpickler):
     order = '<' if self._byteorder == 'little' else '>'
     array = np.frombuffer(raw, dtype.newbyteorder(order))
     array = array.astype(dtype.newbyteorder('='), copy=False)
-    self._storages[key] = _Storage(key, array)
+    self._storages[key] = _Storage(key, array, self._budget)
     return self._storages[key]
 
 
