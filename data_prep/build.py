@@ -280,6 +280,13 @@ def omissions(name: str, split: str,
           if item.get('split') == split]
 
 
+def split_source(name: str, data_dir: str | os.PathLike[str] | None
+                 ) -> str | None:
+  """How a prepared dataset's splits were decided, where its builder says
+  (e.g. the radiometry release's own train list, or the name hash)."""
+  return (get_builder(name, data_dir).info.metadata or {}).get('split_source')
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
   """Defines the CLI's flags; not at import, so importing never clashes."""
   flags.DEFINE_string('dataset', None, 'e.g. multi_exposure/sample, msec.',

@@ -193,13 +193,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict,
       config.data.name.replace('/', '-'), config.data.eval_split))
   table = reports.format_table(report)
   if jax.process_index() == 0:
-    omissions = train.dataset_omissions(config)
+    dataset_facts = train.dataset_facts(config)
     reports.write_report(report, f'{stem}.json', model=config.model,
                          dataset=config.data.name,
-                         split=config.data.eval_split, **facts, **omissions)
-    if omissions:
+                         split=config.data.eval_split, **facts,
+                         **dataset_facts)
+    if 'dataset_omissions' in dataset_facts:
       table = (f'NOTE: the {config.data.eval_split} split was built without '
-               f'{len(omissions["dataset_omissions"])} example(s) (see the '
+               f'{len(dataset_facts["dataset_omissions"])} example(s) (see the '
                'JSON\'s dataset_omissions); not comparable with results on '
                'the full split.\n' + table)
     reports.write_csv(rows, f'{stem}.csv')

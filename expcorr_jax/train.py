@@ -293,7 +293,7 @@ def run_evaluation(task, model, params, config, workdir: str, step: int,
     reports.write_report(report, path, step=step, model=config.model,
                          dataset=config.data.name,
                          split=config.data.eval_split,
-                         **dataset_omissions(config))
+                         **dataset_facts(config))
   logging.info('Evaluation at step %d (%.1fs), written to %s:\n%s', step,
                time.time() - start, path, reports.format_table(report))
   scalars = {}
@@ -365,24 +365,25 @@ def eval_pairs(config: ml_collections.ConfigDict):
       config.data.name, config.data.target_ev)
 
 
-def dataset_omissions(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """{'dataset_omissions': [...]} if the evaluated split's build left out
-  examples (`data_prep.build.omissions`), else {}; logged as a warning.
-
-  Reports carry them: figures on a smaller test set are not comparable with
-  published ones.
-  """
+def dataset_facts(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What reports say of the evaluated split: 'dataset_omissions' if its
+  build left out examples (`data_prep.build.omissions`, logged as a
+  warning: figures on a smaller test set are not comparable with published
+  ones), and 'split_source' where the builder records how its splits were
+  decided (e.g. the radiometry release's own train list)."""
   from data_prep import build  # pylint: disable=g-import-not-at-top
   omitted = build.omissions(config.data.name, config.data.eval_split,
                             config.data.data_dir)
+  source = build.split_source(config.data.name, config.data.data_dir)
   if not omitted:
-    return {}
+    return {} if source is None else {'split_source': source}
   logging.warning(
       'The %s split of %s was built without %d example(s) (recorded in the '
       'report as dataset_omissions): the figures are not comparable with '
       'results on the full split.', config.data.eval_split, config.data.name,
       len(omitted))
-  return {'dataset_omissions': omitted}
+  return ({'dataset_omissions': omitted} if source is None else
+          {'dataset_omissions': omitted, 'split_source': source})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

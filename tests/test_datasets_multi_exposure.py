@@ -204,3 +204,35 @@ def test_rendered_radiometry_layout_skips_incomplete_scenes(tmp_path, caplog):
     assert text(record['camera']) == ''
     assert text(record['source']) == f'uec/neg1/{scene}.jpg'
     assert record['frames'][2] == (root / 'pos1' / f'{scene}.jpg').read_bytes()
+
+
+def test_the_radiometry_release_list_decides_the_split(tmp_path):
+  """With the release's train_input.txt in the layout root, its scenes are
+  the train split and every other scene validation (never a scene the
+  official weights trained on); the metadata and reports say which rule."""
+  root = tmp_path / 'manual' / 'radiometry'
+  rng = np.random.default_rng(1)
+  names = ('a0001', 'a0002', 'a0003', 'a0004', 'a0005')
+  for folder in ('neg3', '0', 'pos1'):
+    for name in names:
+      (root / folder).mkdir(parents=True, exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)).save(
+          root / folder / f'{name}.png')
+  (root / 'train_input.txt').write_text(
+      '# the release\'s training scenes\na0001.png\nneg3/a0003.png\n\na0004\n')
+  build.ensure_prepared('multi_exposure/rendered', tmp_path / 'data',
+                        tmp_path / 'manual')
+  scenes = {split: sorted(text(r['scene']) for r in records(
+      build.data_source('multi_exposure/rendered', split, tmp_path / 'data')))
+            for split in ('train', 'validation')}
+  assert scenes == {'train': ['a0001', 'a0003', 'a0004'],
+                    'validation': ['a0002', 'a0005']}
+  source = build.split_source('multi_exposure/rendered', tmp_path / 'data')
+  assert source.startswith('train_input.txt (the release\'s list: 3 train')
+
+  # Without the list: the name hash, said so.
+  (root / 'train_input.txt').unlink()
+  build.ensure_prepared('multi_exposure/rendered', tmp_path / 'hashed',
+                        tmp_path / 'manual')
+  assert build.split_source('multi_exposure/rendered',
+                            tmp_path / 'hashed').startswith('name hash')

@@ -12,11 +12,11 @@ import errno
 import os
 import pathlib
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import tree_assertions  # tests/ is on sys.path.
 from expcorr_jax import checkpointing
 from expcorr_jax import config_args
 from expcorr_jax import train
@@ -65,8 +65,7 @@ def test_a_full_disk_stops_training_naming_the_path_and_keeps_the_last_step(
   # Step 2 is still the latest complete checkpoint, unchanged...
   params, _, step = checkpointing.load_params(str(workdir))
   assert step == 2
-  for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
+  tree_assertions.assert_trees_equal(params, good)
   # ...and once the disk has room again, the same command resumes from it.
   monkeypatch.setattr(ocp.JsonCheckpointHandler, '_save_fn', real_save)
   train.train_and_evaluate(_tiny_config(sample_data_dir, 4), str(workdir))

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 
+import tree_assertions  # tests/ is on sys.path.
 from data_prep import build
 from data_prep import image_codec
 from expcorr_jax import checkpointing
@@ -164,14 +165,6 @@ def colour_matrix(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
-def _assert_same_tree(actual, expected):
-  """Same structure and every leaf equal (not a zip that could truncate)."""
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for got, want in zip(jax.tree.leaves(actual), jax.tree.leaves(expected),
-                       strict=True):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
 def test_a_method_of_its_own_package_trains_evaluates_and_corrects(
     colour_matrix, sample_data_dir, tmp_path):
   method, config_file = colour_matrix
@@ -198,7 +191,7 @@ def test_a_method_of_its_own_package_trains_evaluates_and_corrects(
   resumed_params, _, resumed_step = checkpointing.load_params(
       str(interrupted))
   assert step == resumed_step == 6
-  _assert_same_tree(resumed_params, uninterrupted_params)
+  tree_assertions.assert_trees_equal(resumed_params, uninterrupted_params)
 
   # Inference finds the method by the name saved in the checkpoint's config.
   corrector = inference.Corrector.from_checkpoint(str(workdir))

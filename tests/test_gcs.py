@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ import checkpoint_writer  # tests/ is on sys.path.
 import gcs_server as server_lib
 import test_inference
 import test_train
+import tree_assertions  # tests/ is on sys.path.
 from data_prep import build
 from data_prep import image_codec
 from data_prep import storage
@@ -43,14 +43,6 @@ _OVERRIDES = (
     '--config.keep_checkpoints=2', '--config.eval_every_steps=1000',
     '--config.eval.max_images=2', "--config.eval.protocols=('full',)",
     '--config.eval.num_grid_images=1')
-
-
-def _assert_same_tree(actual, expected):
-  """Same structure and every leaf equal."""
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for got, want in zip(jax.tree.leaves(actual), jax.tree.leaves(expected),
-                       strict=True):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def _config(data_dir: str):
@@ -122,7 +114,7 @@ def test_main_on_a_bucket_builds_trains_is_preempted_and_resumes_exactly(
   expected, _, expected_step = checkpointing.load_params(str(uninterrupted))
   resumed, saved, step = checkpointing.load_params(workdir)
   assert step == expected_step == STEPS and saved['model'] == 'uec'
-  _assert_same_tree(resumed, expected)
+  tree_assertions.assert_trees_equal(resumed, expected)
 
   # keep_checkpoints=2 pruned the older steps in the bucket.
   steps = sorted(int(p.name) for p in
@@ -197,7 +189,7 @@ def test_evaluate_correct_and_corrector_read_and_write_the_bucket(
   from_bucket = inference.Corrector.from_checkpoint(
       f'{gcs_bucket}/exposure-errors.pth', model='uec')
   from_disk = inference.Corrector.from_checkpoint(official, model='uec')
-  _assert_same_tree(from_bucket.params, from_disk.params)
+  tree_assertions.assert_trees_equal(from_bucket.params, from_disk.params)
 
 
 def test_two_processes_share_a_bucket_workdir(gcs_bucket, sample_data_dir,

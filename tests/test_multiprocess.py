@@ -19,15 +19,32 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
+import tree_assertions  # tests/ is on sys.path.
 from expcorr_jax import checkpointing
+
+# One xdist worker runs this module: its module fixture (a 2-process run) is
+# built once, not once per worker (setup.cfg: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group('multiprocess')
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16
 TIMEOUT_S = 240  # For one launch, all its processes together.
+
+
+# Every process a test launched, killed and reaped after it whatever happened.
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_children():
+  yield
+  while _LAUNCHED:
+    process = _LAUNCHED.pop()
+    if process.poll() is None:
+      process.kill()
+    process.wait()
 
 
 def _free_port() -> int:
@@ -61,6 +78,7 @@ def _launch(workdir: pathlib.Path, num_processes: int, data_dir: str,
     log = open(f'{workdir}.p{index}.log', 'w')
     processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
+    _LAUNCHED.append(processes[-1])
     log.close()
   return processes
 
@@ -136,8 +154,7 @@ def test_sigterm_to_one_process_saves_the_same_step_and_resumes_exactly(
   (expected, expected_step), (got, got_step) = (_params(uninterrupted),
                                                 _params(preempted))
   assert expected_step == got_step == STEPS
-  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(a, b)
+  tree_assertions.assert_trees_equal(got, expected)
 
 
 def test_two_process_checkpoint_evaluates_alike_in_one_process(run_dirs):

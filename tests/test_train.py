@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import pytest
 
+import tree_assertions  # tests/ is on sys.path.
 from expcorr_jax import checkpointing
 from expcorr_jax import config_args
 from expcorr_jax import pixels
@@ -51,14 +52,6 @@ def tiny_config(data_dir, num_train_steps=6):
 def _params(workdir):
   params, _, step = checkpointing.load_params(workdir)
   return params, step
-
-
-def _assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _random_batch(batch_size=8, size=32, seed=0):
@@ -163,7 +156,7 @@ def test_sigterm_saves_and_rerun_matches_uninterrupted(sample_data_dir,
   final, step = _params(preempted)
   expected, expected_step = _params(uninterrupted)
   assert step == expected_step == 6
-  _assert_trees_equal(final, expected)
+  tree_assertions.assert_trees_equal(final, expected)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_params(sample_data_dir,
@@ -201,7 +194,7 @@ def test_killed_run_resumes_to_the_uninterrupted_params(sample_data_dir,
   final, step = _params(killed)
   expected, _ = _params(uninterrupted)
   assert step == steps
-  _assert_trees_equal(final, expected)
+  tree_assertions.assert_trees_equal(final, expected)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
@@ -260,7 +253,7 @@ def test_step_with_finite_loss_but_non_finite_gradient_is_not_applied(
   assert np.isfinite(float(metrics['loss']))
   assert not bool(metrics['finite'])
   assert int(state.step) == 1  # The second step was not applied.
-  _assert_trees_equal(jax.device_get(state.params), moved)
+  tree_assertions.assert_trees_equal(jax.device_get(state.params), moved)
   assert not np.array_equal(moved['corrector']['encoder']['kernel'],
                             before['corrector']['encoder']['kernel'])
 

@@ -329,8 +329,11 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
   def _rendered_split_generators(self, manual_dir: pathlib.Path):
     config = self.builder_config
     scenes = rendered_layout.find_sequences(manual_dir, evs=config.evs)
-    split_of = scene_split.assign_splits(
-        [s.scene for s in scenes], config.validation_fraction)
+    roots = {manual_dir} | {path.parent.parent for scene in scenes
+                            for _, path in scene.frames[:1]}
+    split_of, split_source = scene_split.assign_from_list_or_hash(
+        [s.scene for s in scenes], roots, config.validation_fraction)
+    self.info.metadata['split_source'] = split_source
     omissions = file_checks.Omissions(f'multi_exposure/{config.name}',
                                       allow_incomplete=False)
     sizes = file_checks.decode_all(

@@ -56,3 +56,44 @@ def assign_splits(scenes: Iterable[str],
     if TRAIN not in splits.values():
       splits[max(scenes, key=units.__getitem__)] = TRAIN
   return splits
+
+
+# The radiometry release's own split: scene lists in the dataset root.
+TRAIN_LIST = 'train_input.txt'
+
+
+def listed_scenes(path) -> set[str]:
+  """Scene names of a list file: one per line, as a file name or path
+  (folders and extension dropped); blank lines and '#' comments skipped."""
+  names = set()
+  for line in path.read_text().splitlines():
+    line = line.split('#', 1)[0].strip()
+    if line:
+      names.add(line.replace('\\', '/').rsplit('/', 1)[-1].rsplit('.', 1)[0])
+  return names
+
+
+def assign_from_list_or_hash(scenes: Iterable[str], roots: Iterable,
+                             validation_fraction: float
+                             ) -> tuple[dict[str, str], str]:
+  """(scene -> split, how it was decided) for a folder of sequences.
+
+  With `TRAIN_LIST` in one of `roots` (the manual_dir and the layout roots
+  below it; the radiometry release ships one in its root), its scenes are
+  'train' and every other scene 'validation', so no scene the official
+  weights were trained on is evaluated; otherwise the name hash above.
+  """
+  scenes = list(scenes)
+  lists = sorted(root / TRAIN_LIST for root in set(roots)
+                 if (root / TRAIN_LIST).is_file())
+  list_path = lists[0] if lists else None
+  if list_path is None:
+    return (assign_splits(scenes, validation_fraction),
+            f'name hash, validation_fraction={validation_fraction}')
+  listed = listed_scenes(list_path)
+  split_of = {scene: TRAIN if scene in listed else VALIDATION
+              for scene in scenes}
+  return split_of, (f'{list_path.name} (the release\'s list: '
+                    f'{sum(s == TRAIN for s in split_of.values())} train, '
+                    f'{sum(s == VALIDATION for s in split_of.values())} other '
+                    'scenes in validation)')
