@@ -443,3 +443,12 @@ def test_the_project_variant_trains_w_too():
   config, model, frozen, start = _stage2_setup(trains='transformer_and_fusion')
   params, _ = _train_steps(config, model, frozen, start, steps=2)
   assert _max_change(params['fusion'], start['fusion']) > 1e-4
+
+
+def test_a_frozen_w_that_ignores_f_prime_is_refused(tmp_path):
+  """t_e would get no gradient: refused before anything is loaded."""
+  config = _config('erl_bcm')
+  config.erl.autoencoder_workdir = str(tmp_path / 'unused')
+  config.erl.fusion_init = 'features_only'
+  with pytest.raises(ValueError, match="t_e would get no gradient"):
+    bcm_task.validate_config(config)

@@ -46,6 +46,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.erl.stage2_trains not in STAGE2_TRAINS:
     raise ValueError(f'config.erl.stage2_trains must be one of '
                      f'{STAGE2_TRAINS}, got {config.erl.stage2_trains!r}.')
+  if (config.erl.fusion_init == 'features_only' and
+      config.erl.stage2_trains == 'transformer'):
+    raise ValueError(
+        "config.erl.fusion_init='features_only' starts W with a zero F' "
+        "half and stage2_trains='transformer' keeps W frozen: I' would never "
+        "depend on F', so t_e would get no gradient. Use fusion_init="
+        "'features_and_relationship' (the default) or stage2_trains="
+        "'transformer_and_fusion'.")
   if config.erl.batch_attention not in erl.BATCH_ATTENTION_MODES:
     raise ValueError(f'config.erl.batch_attention must be one of '
                      f'{erl.BATCH_ATTENTION_MODES}, got '
