@@ -375,15 +375,17 @@ def dataset_facts(config: ml_collections.ConfigDict) -> dict[str, Any]:
   omitted = build.omissions(config.data.name, config.data.eval_split,
                             config.data.data_dir)
   source = build.split_source(config.data.name, config.data.data_dir)
-  if not omitted:
-    return {} if source is None else {'split_source': source}
-  logging.warning(
-      'The %s split of %s was built without %d example(s) (recorded in the '
-      'report as dataset_omissions): the figures are not comparable with '
-      'results on the full split.', config.data.eval_split, config.data.name,
-      len(omitted))
-  return ({'dataset_omissions': omitted} if source is None else
-          {'dataset_omissions': omitted, 'split_source': source})
+  facts = {}
+  if omitted:
+    logging.warning(
+        'The %s split of %s was built without %d example(s) (recorded in '
+        'the report as dataset_omissions): the figures are not comparable '
+        'with results on the full split.', config.data.eval_split,
+        config.data.name, len(omitted))
+    facts['dataset_omissions'] = omitted
+  if source is not None:
+    facts['split_source'] = source
+  return facts
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
