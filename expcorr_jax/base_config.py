@@ -74,6 +74,9 @@ def get_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3
+  # A workdir's lease (one training job per workdir, expcorr_jax/
+  # workdir_lease.py) is taken over after this long without a heartbeat.
+  config.workdir_lease_stale_s = 300
 
   if runlocal:
     config.data.worker_count = 0

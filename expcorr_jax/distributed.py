@@ -20,6 +20,18 @@ with one line naming what was detected and what failed
 (`ClusterStartError`), instead of running as process 0 of 1 beside the
 others in the same workdir.
 
+A lost process (a host that dies, a task killed for memory): the runtime's
+heartbeats bound how long the others wait. Every process sends them to the
+coordination service; one silent for `--heartbeat_timeout_s` (60 s here,
+JAX's own default is 100 s) is declared dead, and the runtime then stops
+every other process, its log naming the dead task. Where a collective fails
+before that (gloo on CPU sees the closed connection at once), the training
+loop logs what happened, which process the runtime found dead and where the
+last good checkpoint is (`exit_for_lost_process`), and exits 1 without the
+shutdown barrier that would wait for the dead process. Start-up is bounded
+the same way: processes that cannot reach the coordinator give up after
+`--initialization_timeout_s`.
+
 On multi-process CPU runs the CPU collectives go through gloo (XLA has no
 other CPU implementation across processes); on GPUs and TPUs that setting is
 unused.
@@ -33,7 +45,9 @@ SIGTERM handler (the runtime's is only there after `initialize`).
 """
 
 import os
+import re
 import signal
+import sys
 import threading
 
 from absl import app
@@ -44,8 +58,16 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 
+# A lost process is declared dead after this long without heartbeats; the
+# others then stop. JAX's own default is 100 s.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+DEFAULT_INITIALIZATION_TIMEOUT_S = 300  # JAX's own default.
+# The heartbeat timeout the runtime was started with (for messages).
+_heartbeat_timeout_s = DEFAULT_HEARTBEAT_TIMEOUT_S
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines --coordinator_address, --num_processes and --process_id.
+  """Defines the multi-process flags (see `initialize` for their meaning).
 
   Called by the CLIs that start jobs (not at import, so importing this
   module defines no global flags).
@@ -60,6 +82,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer('process_id', None,
                        'Multi-process runs: this process, 0..N-1.',
                        flag_values=flag_values)
+  flags.DEFINE_integer(
+      'heartbeat_timeout_s', DEFAULT_HEARTBEAT_TIMEOUT_S,
+      'Multi-process runs: a process silent this long is declared lost and '
+      'the others stop (exit non-zero) instead of waiting for it.',
+      lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_integer(
+      'initialization_timeout_s', DEFAULT_INITIALIZATION_TIMEOUT_S,
+      'Multi-process runs: how long a process tries to reach the coordinator '
+      'at start before it gives up.', lower_bound=1, flag_values=flag_values)
+
 
 
 class ClusterStartError(RuntimeError):
@@ -123,13 +155,18 @@ def _detected_cluster() -> tuple[str, int] | None:
 
 def initialize(coordinator_address: str | None = None,
                num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, *,
+               heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+               initialization_timeout_s: int = DEFAULT_INITIALIZATION_TIMEOUT_S
+               ) -> bool:
   """Starts the distributed runtime for a multi-process job (see module).
 
   Args:
     coordinator_address: HOST:PORT of process 0's coordinator, or None.
     num_processes: the number of processes, or None.
     process_id: this process's index in [0, num_processes), or None.
+    heartbeat_timeout_s: a process silent this long is declared lost.
+    initialization_timeout_s: how long to try reaching the coordinator.
 
   Returns:
     Whether the runtime was initialised (the job has several processes).
@@ -182,8 +219,21 @@ def initialize(coordinator_address: str | None = None,
     kwargs = {}
     described = f'a {detected[0]} job of {detected[1]} processes'
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  global _heartbeat_timeout_s
+  _heartbeat_timeout_s = heartbeat_timeout_s
+  # If the coordinator cannot be reached, the runtime aborts the process
+  # after the timeout with a terse RPC error: this line says what it means.
+  logging.info(
+      'Starting the distributed runtime (%s%s). A process that cannot reach '
+      'the coordinator gives up after --initialization_timeout_s=%d s (a '
+      'wrong address or port, a firewall, or process 0 not started); one '
+      'silent for --heartbeat_timeout_s=%d s is declared lost.', described,
+      f', coordinator {coordinator_address}' if coordinator_address else '',
+      initialization_timeout_s, heartbeat_timeout_s)
   try:
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(
+        **kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s,
+        initialization_timeout=initialization_timeout_s)
   except Exception as e:  # pylint: disable=broad-except
     raise ClusterStartError(
         f'{described} was detected, but the distributed runtime could not '
@@ -198,8 +248,11 @@ def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS
                           ) -> bool:
   """`initialize` with the flags of `define_flags`, for a CLI's main."""
   try:
-    return initialize(flag_values.coordinator_address,
-                      flag_values.num_processes, flag_values.process_id)
+    return initialize(
+        flag_values.coordinator_address, flag_values.num_processes,
+        flag_values.process_id,
+        heartbeat_timeout_s=flag_values.heartbeat_timeout_s,
+        initialization_timeout_s=flag_values.initialization_timeout_s)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   except ClusterStartError as e:
@@ -210,6 +263,92 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier `name` (no-op alone)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def share_from_process_0(text: str) -> str:
+  """Process 0's `text`, on every process (`text` alone in one process).
+
+  For a decision only process 0 can make (e.g. whether the workdir's lease
+  was granted), so that every process acts on the same answer.
+  """
+  if jax.process_count() == 1:
+    return text
+  encoded = np.frombuffer(text.encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(encoded.size)))
+  padded = np.zeros(size, np.uint8)
+  if jax.process_index() == 0:
+    padded[:] = encoded
+  shared = multihost_utils.broadcast_one_to_all(padded)
+  return np.asarray(shared, np.uint8).tobytes().decode()
+
+
+# What a collective or runtime call raises when a peer process is gone: gloo
+# (CPU) reports the closed connection, gRPC the unreachable coordinator.
+_PEER_FAILURE = re.compile(
+    r'Gloo|Connection (reset|closed) by peer|UNAVAILABLE|coordination service'
+    r'|heartbeat', re.IGNORECASE)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+  """Whether `error`, raised in a multi-process run, says a peer is gone."""
+  return (jax.process_count() > 1 and
+          bool(_PEER_FAILURE.search(f'{type(error).__name__}: {error}')))
+
+
+def _lost_processes(wait_s: float) -> list[int] | None:
+  """The processes the runtime has declared dead, or None if unknown.
+
+  The coordination service answers once it knows who is alive: when the
+  lost process's heartbeats have been missing for the heartbeat timeout.
+  """
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  everyone = list(range(jax.process_count()))
+  answer = []
+
+  def ask():
+    try:
+      answer.append(sorted(set(everyone) - set(client.get_live_nodes(
+          everyone))))
+    except Exception:  # pylint: disable=broad-except
+      answer.append([0])  # The coordinator (process 0) is unreachable.
+  asker = threading.Thread(target=ask, daemon=True)
+  asker.start()
+  asker.join(wait_s)
+  return answer[0] if answer else None
+
+
+def exit_for_lost_process(error: BaseException, last_checkpoint: str
+                          ) -> None:
+  """Logs that a peer process is gone, names it, and exits with status 1.
+
+  Called by the training loop when `is_peer_failure(error)`. Exits with
+  `os._exit`: a normal exit would first wait at the runtime's shutdown
+  barrier for the process that is gone. The runtime may stop this process
+  first, when its heartbeat timeout passes; its own log line names the lost
+  task then.
+
+  Args:
+    error: what the failed step raised.
+    last_checkpoint: where training resumes from, for the message.
+  """
+  wait_s = _heartbeat_timeout_s + 15  # The runtime knows by then.
+  first_line = str(error).strip().splitlines()[0] if str(error) else ''
+  logging.error(
+      'Process %d of %d: a step failed because another process is gone '
+      '(%s: %s). Waiting up to %.0f s for the runtime to name it. %s',
+      jax.process_index(), jax.process_count(), type(error).__name__,
+      first_line[:300], wait_s, last_checkpoint)
+  logging.flush()
+  lost = _lost_processes(wait_s)
+  named = (f'lost process(es): {", ".join(map(str, lost))}' if lost else
+           'the lost process was not named in time')
+  message = (f'Process {jax.process_index()} of {jax.process_count()} stops: '
+             f'{named} of {jax.process_count()}. {last_checkpoint}')
+  logging.error(message)
+  logging.flush()
+  print(message, file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def gather_from_processes(local: np.ndarray) -> np.ndarray:

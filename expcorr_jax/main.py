@@ -10,7 +10,8 @@ Multi-process jobs (TPU pod slices, several GPU nodes): on Cloud TPU, Slurm,
 Open MPI or Kubernetes the same command runs on every host or task and JAX's
 cluster detection connects them; elsewhere give each process
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
-(process 0's host and a free port; see README, "Scaling out").
+(process 0's host and a free port; see README, "Scaling out"). A process
+lost mid-run stops the others within --heartbeat_timeout_s.
 """
 
 from absl import app
@@ -23,6 +24,7 @@ from data_prep import storage
 from expcorr_jax import distributed
 from expcorr_jax import quiet_logs
 from expcorr_jax import train
+from expcorr_jax import workdir_lease
 
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where checkpoints and summaries go.')
@@ -42,8 +44,11 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except storage.StorageError as e:  # A location unusable at start:
-    raise SystemExit(str(e)) from e  # one line, exit status 1.
+  # A location unusable at start, or a workdir another job trains in: one
+  # line, exit status 1.
+  except (storage.StorageError, workdir_lease.WorkdirInUseError,
+          workdir_lease.WorkdirLeaseLostError) as e:
+    raise SystemExit(str(e)) from e
 
 
 if __name__ == '__main__':

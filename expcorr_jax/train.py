@@ -16,6 +16,11 @@ Robustness:
 - A non-finite loss or gradient never reaches the parameters (the step
   keeps the old state) and stops the run with an error naming the step; no
   checkpoint is written after it, so the last good one stays intact.
+- A lost process (a dead host) stops the others within the runtime's
+  heartbeat timeout, with a message naming it and the last good checkpoint
+  (`distributed.exit_for_lost_process`).
+- One job per workdir: a second job training in the same workdir fails at
+  start (`workdir_lease`).
 - Evaluation is split over the processes (`evaluation.evaluate_source`): the
   report is the one a single process would write.
 """
@@ -43,6 +48,7 @@ from expcorr_jax import protocols
 from expcorr_jax import reports
 from expcorr_jax import summary_writer
 from expcorr_jax import tasks
+from expcorr_jax import workdir_lease
 from expcorr_jax.tasks import contract
 
 P = jax.sharding.PartitionSpec
@@ -105,6 +111,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f'config.{name} must be a positive integer, got '
                        f'{value!r}.')
+  if (not isinstance(config.workdir_lease_stale_s, (int, float)) or
+      not config.workdir_lease_stale_s > 0):
+    raise ValueError('config.workdir_lease_stale_s must be a positive number '
+                     f'of seconds, got {config.workdir_lease_stale_s!r}.')
   if not config.optimizer.learning_rate > 0:
     raise ValueError('config.optimizer.learning_rate must be positive.')
   if config.data.crop_size is not None and config.data.crop_size < 16:
@@ -393,10 +403,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains `config.model` in `workdir`; returns the final eval report.
 
   Returns None when preempted (SIGTERM) before the end.
+
+  Raises:
+    workdir_lease.WorkdirInUseError: another live job trains in `workdir`.
   """
-  from data_prep import build  # pylint: disable=g-import-not-at-top
   validate_config(config)
   workdir = check_locations(config, workdir)
+  with workdir_lease.TrainingLease(
+      workdir, config.workdir_lease_stale_s) as lease:
+    return _train_and_evaluate(config, workdir, lease)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        lease: workdir_lease.TrainingLease) -> dict | None:
+  """`train_and_evaluate` once the workdir's lease is held."""
+  from data_prep import build  # pylint: disable=g-import-not-at-top
   task = tasks.get_task(config.model)
   # Frozen parts (VGG16, an ERL stage) load once, and the evaluation
   # reference is read, before the dataset is built: a missing or broken
@@ -439,36 +460,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   pending = []
   last_log = time.time()
-  with distributed.Preemption() as preemption:
-    while step < config.num_train_steps:
-      state, metrics = train_step(state, make_global_batch(next(iterator),
-                                                           mesh))
-      step += 1
-      pending.append((step, metrics))
-      log_now = (step % config.log_every_steps == 0 or
-                 step == config.num_train_steps)
-      preempted = preemption.reached(step)
-      save_now = (step % config.checkpoint_every_steps == 0 or
-                  step == config.num_train_steps or preempted)
-      if log_now or save_now:
-        _check_finite(pending)
-      if log_now:
-        _log_metrics(writer, step, pending, config.num_train_steps,
-                     time.time() - last_log, config.batch_size)
-        pending, last_log = [], time.time()
-      if save_now:
-        checkpointing.save(manager, step, state, iterator, config)
-      if preempted:
-        logging.warning('Preempted at step %d; rerun to resume.', step)
-        writer.close()
-        manager.close()
-        return None
-      if step % config.eval_every_steps == 0 and step < config.num_train_steps:
-        run_evaluation(task, model, state.params, config, workdir, step,
-                       eval_source, reference, writer, frozen)
-        last_log = time.time()  # Throughput counts training time only.
-  report = run_evaluation(task, model, state.params, config, workdir, step,
-                          eval_source, reference, writer, frozen)
+  try:
+    with distributed.Preemption() as preemption:
+      while step < config.num_train_steps:
+        state, metrics = train_step(state, make_global_batch(next(iterator),
+                                                             mesh))
+        step += 1
+        pending.append((step, metrics))
+        log_now = (step % config.log_every_steps == 0 or
+                   step == config.num_train_steps)
+        preempted = preemption.reached(step)
+        save_now = (step % config.checkpoint_every_steps == 0 or
+                    step == config.num_train_steps or preempted)
+        if log_now or save_now:
+          _check_finite(pending)
+        if log_now:
+          _log_metrics(writer, step, pending, config.num_train_steps,
+                       time.time() - last_log, config.batch_size)
+          pending, last_log = [], time.time()
+        if save_now:
+          lease.check()  # Another job holds the workdir now: never save.
+          checkpointing.save(manager, step, state, iterator, config)
+        if preempted:
+          logging.warning('Preempted at step %d; rerun to resume.', step)
+          writer.close()
+          manager.close()
+          return None
+        if (step % config.eval_every_steps == 0 and
+            step < config.num_train_steps):
+          run_evaluation(task, model, state.params, config, workdir, step,
+                         eval_source, reference, writer, frozen)
+          last_log = time.time()  # Throughput counts training time only.
+    report = run_evaluation(task, model, state.params, config, workdir, step,
+                            eval_source, reference, writer, frozen)
+  except Exception as e:  # pylint: disable=broad-except
+    if not distributed.is_peer_failure(e):
+      raise
+    distributed.exit_for_lost_process(
+        e, f'The last complete checkpoint is step {manager.latest_step()} '
+        f'in {workdir}; rerun every process to resume from it.')
   writer.close()
   manager.close()
   return report

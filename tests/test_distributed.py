@@ -48,14 +48,20 @@ def test_a_slurm_job_of_two_tasks_starts_the_runtime(calls, monkeypatch):
   for name, value in dict(_SLURM, SLURM_NTASKS='2').items():
     monkeypatch.setenv(name, value)
   assert distributed.initialize()
-  # JAX detects the rest itself; CPU collectives go through gloo.
-  assert calls == [('jax_cpu_collectives_implementation', 'gloo'), {}]
+  # JAX detects the rest itself; CPU collectives go through gloo; a lost
+  # process is declared dead after 60 s without heartbeats.
+  assert calls == [('jax_cpu_collectives_implementation', 'gloo'),
+                   {'heartbeat_timeout_seconds': 60,
+                    'initialization_timeout': 300}]
 
 
 def test_explicit_flags_are_passed_through(calls):
-  assert distributed.initialize('host:1234', 2, 1)
+  assert distributed.initialize('host:1234', 2, 1, heartbeat_timeout_s=10,
+                                initialization_timeout_s=20)
   assert calls[-1] == {'coordinator_address': 'host:1234',
-                       'num_processes': 2, 'process_id': 1}
+                       'num_processes': 2, 'process_id': 1,
+                       'heartbeat_timeout_seconds': 10,
+                       'initialization_timeout': 20}
   calls.clear()
   assert not distributed.initialize('host:1234', 1, 0)  # One process.
   assert not calls
@@ -113,3 +119,32 @@ def test_a_cluster_that_cannot_start_is_refused_not_run_split(
                          f'processes ({detected}), but {failed}'), last
   assert 'Refusing to run as a single process' in last
   assert not workdir.exists()
+
+
+def test_an_unreachable_coordinator_stops_the_process_in_bounded_time(
+    tmp_path):
+  """A real process told of a coordinator nobody runs gives up after
+  --initialization_timeout_s (non-zero exit), having said what it waits
+  for, instead of waiting forever."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import gcs_server  # pylint: disable=g-import-not-at-top
+  port = gcs_server.free_port()  # Nothing listens there.
+  started = time.time()
+  result = subprocess.run(
+      [sys.executable, '-m', 'expcorr_jax.main',
+       '--config=configs/uec.py:runlocal', f'--workdir={tmp_path / "run"}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       '--process_id=1', '--initialization_timeout_s=3'],
+      cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+      text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      check=False)
+  assert result.returncode != 0
+  assert time.time() - started < 60
+  assert ('gives up after --initialization_timeout_s=3 s (a wrong address '
+          'or port' in result.stderr), result.stderr[-3000:]
+  assert f'coordinator 127.0.0.1:{port}' in result.stderr
+  assert not (tmp_path / 'run').exists()

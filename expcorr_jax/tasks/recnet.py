@@ -14,12 +14,14 @@ frozen params. The output and the pair's target are what a regulariser (ERL,
 `config.regulariser`) compares.
 
 Evaluation runs the network on whole validation images under:
-  'recnet':     RECNet's test code: the shared 'full' protocol (stored
-                resolution, output rounded to uint8, PSNR on RGB, SSIM on
-                the three RGB channels) plus LPIPS.
+  'recnet':     RECNet's test code: input and target resized up to a
+                multiple of 4 per side (cv2 bilinear, as its loader does),
+                output rounded to uint8 (`tensor2img`), PSNR on RGB, SSIM on
+                the three RGB channels, plus LPIPS-VGG.
   'enc_fecnet': the shared ENC / FECNet / ERL protocol (`protocols.py`).
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -140,9 +142,13 @@ def load_official(path: str) -> tuple[Any, dict[str, Any]]:
   return recnet.params_from_torch(state_dict), recnet.infer_config(state_dict)
 
 
-RECNET_PROTOCOL = protocols.full_resolution(
-    'recnet', lpips=True,
-    description="RECNet's test code: stored resolution, RGB SSIM, LPIPS")
+# As RECNet's test code scores (tests/test_recnet_protocol_official.py): its
+# loader resizes input and ground truth up to a multiple of 4 per side (cv2
+# bilinear), `tensor2img` rounds, RGB SSIM; LPIPS is this project's addition.
+RECNET_PROTOCOL = dataclasses.replace(
+    protocols.ENC_FECNET, name='recnet', ssim_color='rgb', lpips=True,
+    description=("RECNet's test code: resized up to a multiple of 4, RGB "
+                 'SSIM, LPIPS'))
 
 TASK = contract.Task(
     name='recnet',
