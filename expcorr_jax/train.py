@@ -184,6 +184,11 @@ def loss_and_metrics(model, params, batch: dict[str, jax.Array], config,
                              result.output, result.target)
     loss = loss + config.regulariser.weight * value
     metrics[regulariser.name] = value
+    if regulariser.metrics is not None:
+      extra = regulariser.metrics(config.regulariser, frozen['regulariser'],
+                                  result.output, result.target)
+      metrics.update({f'{regulariser.name}_{key}': jax.lax.stop_gradient(v)
+                      for key, v in extra.items()})
   metrics['loss'] = loss
   return loss, metrics
 

@@ -220,9 +220,15 @@ class WorkdirLease:
     if self._thread is not None:
       self._thread.join()
       self._thread = None
-      held = read(self._workdir)
-      if held is not None and held.token == self._lease.token:
-        self._file.unlink()
+      try:
+        held = read(self._workdir)
+        if held is not None and held.token == self._lease.token:
+          self._file.unlink()
+      except OSError as e:  # Storage gone: never mask why the run ended.
+        logging.warning(
+            'Could not remove the lease of %s (%s); the next job takes it '
+            'over once it is %.0f s stale.', self._workdir, e,
+            self._stale_after_s)
 
   def __enter__(self) -> 'WorkdirLease':
     self.acquire()
@@ -244,16 +250,21 @@ class TrainingLease:
                                 stale_after_s=stale_after_s)
                    if jax.process_index() == 0 else None)
 
-  def __enter__(self) -> 'TrainingLease':
-    refusal = ''
+  def _on_every_process(self, action, error_type: type[Exception]) -> None:
+    """Runs `action` of process 0's lease; raises its `error_type` on every
+    process (a collective in a multi-process run)."""
+    message = ''
     if self._lease is not None:
       try:
-        self._lease.acquire()
-      except WorkdirInUseError as e:
-        refusal = str(e)
-    refusal = distributed.share_from_process_0(refusal)
-    if refusal:
-      raise WorkdirInUseError(refusal)
+        action(self._lease)
+      except error_type as e:
+        message = str(e)
+    message = distributed.share_from_process_0(message)
+    if message:
+      raise error_type(message)
+
+  def __enter__(self) -> 'TrainingLease':
+    self._on_every_process(WorkdirLease.acquire, WorkdirInUseError)
     return self
 
   def check(self) -> None:
@@ -261,15 +272,7 @@ class TrainingLease:
 
     A collective in a multi-process run: call it at the same step on all.
     """
-    lost = ''
-    if self._lease is not None:
-      try:
-        self._lease.check()
-      except WorkdirLeaseLostError as e:
-        lost = str(e)
-    lost = distributed.share_from_process_0(lost)
-    if lost:
-      raise WorkdirLeaseLostError(lost)
+    self._on_every_process(WorkdirLease.check, WorkdirLeaseLostError)
 
   def __exit__(self, *exc) -> None:
     if self._lease is not None:

@@ -28,6 +28,28 @@ def _fixture_path(relative: str) -> pathlib.Path:
   return path
 
 
+def claim_one_worker(tmp_path_factory, name: str) -> None:
+  """Fails if another xdist worker of this run already built `name`.
+
+  For module fixtures whose tests must share one build, in order (a
+  2-process run, the README recipes' sandbox): `--dist loadfile` (setup.cfg)
+  keeps a module on one worker; this catches a scheduler that does not.
+  Without xdist there is one process and nothing to check.
+  """
+  worker = os.environ.get('PYTEST_XDIST_WORKER')
+  if worker is None:
+    return
+  # Under xdist each worker's basetemp is <the run's basetemp>/<worker>.
+  claim = tmp_path_factory.getbasetemp().parent / f'{name}.claimed_by'
+  try:
+    with open(claim, 'x') as file:
+      file.write(worker)
+  except FileExistsError:
+    pytest.fail(f'{name} was already built by xdist worker '
+                f'{claim.read_text()}, and now by {worker}: its module\'s '
+                'tests must run on one worker (setup.cfg: --dist loadfile).')
+
+
 @pytest.fixture
 def shared_fixture():
   """Returns a function mapping 'uec/radiometry.pth' to its path."""

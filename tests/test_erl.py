@@ -214,6 +214,22 @@ def test_per_device_attention_equals_each_sub_batch_alone(bcm):
   assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.max(grad)) > 0
 
 
+def test_per_sample_attention_is_each_sample_alone_and_mixes_nothing(bcm):
+  """The ERL control arm: the same t_e, no relationship between samples."""
+  _, params = bcm
+  images = _images(6)
+  per_sample = _features(params, images, mode='per_sample')
+  alone = np.concatenate([_features(params, images[i:i + 1])
+                          for i in range(6)])
+  np.testing.assert_allclose(per_sample, alone, atol=1e-5)
+  assert float(jnp.max(jnp.abs(_features(params, images) - alone))) > 1e-3
+  # The cross-sample measure: 0 without a relationship, > 0 with one.
+  shift = lambda mode: float(erl.cross_sample_shift(
+      functools.partial(_features, params, mode=mode), jnp.asarray(images)))
+  assert shift('per_sample') == 0.0
+  assert shift('global') > 1e-3
+
+
 def test_stage2_per_device_train_step_on_8_devices():
   """The real sharded step finds the mesh: its loss is the mean over the
   sub-batches attended to alone (not the whole batch's)."""
@@ -415,6 +431,10 @@ def test_default_stage2_trains_t_e_only_and_links_the_batch():
   assert _max_change(params['fusion'], start['fusion']) == 0.0  # W frozen.
   assert float(metrics['fprime_dependence']) > 1e-4
   assert float(metrics['fprime_batch_std']) > 1e-4
+  # The logged cross-sample measure is the one computed by hand below, on
+  # the step's params before the update (one of the mean's terms, image 0
+  # replaced): the other images' I' move.
+  assert float(metrics['cross_sample']) > 1e-5
   assert float(metrics['fusion_fprime_norm']) == pytest.approx(
       np.sqrt(model.features), rel=1e-6)  # The identity's norm.
   # After training, I' of one image depends on another image of the batch.

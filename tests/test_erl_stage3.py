@@ -5,6 +5,7 @@ checkpoints; UEC and RECNet use it through the `erl` config argument, which
 adds `config.regulariser` (tasks/erl.py), applied by the trainer.
 """
 
+import functools
 import pathlib
 import types
 
@@ -166,11 +167,43 @@ def test_uec_regulariser_reaches_the_corrector_and_never_the_bcm(
   np.testing.assert_allclose(output, towards_normal, atol=1e-6)
   assert float(metrics['erl']) == pytest.approx(float(jax.jit(
       erl.regulariser)(frozen['regulariser'], output, target)), rel=1e-5)
+  # Logged beside it: how much the other outputs' F' move when output 0 is
+  # replaced (the batch relationship at work).
+  assert float(metrics['erl_cross_sample']) == pytest.approx(float(jax.jit(
+      lambda o: erl.cross_sample_shift(functools.partial(
+          erl.relationship_features, frozen['regulariser']), o))(output)),
+                                                             rel=1e-5)
+  assert float(metrics['erl_cross_sample']) > 0
   assert all(not np.any(leaf) for leaf in jax.tree.leaves(g_frozen))
   # It reaches the corrector h and the difference predictor.
   largest = jax.tree.map(lambda g: float(jnp.max(jnp.abs(g))), g_params)
   assert min(jax.tree.leaves(largest['corrector'])) > 0
   assert max(jax.tree.leaves(largest['predictor'])) > 0
+
+
+def test_the_control_arm_pulls_alike_with_no_relationship(bcm_workdir):
+  """batch_attention='per_sample': the same t_e on each output alone, so
+  L_r still pulls each output towards its target, but no output's term
+  depends on another output (erl_cross_sample 0)."""
+  config = _uec_config(bcm_workdir)
+  config.regulariser.batch_attention = 'per_sample'
+  train.validate_config(config)
+  regulariser = tasks.get_regulariser('erl')
+  bcm = regulariser.load_frozen(config.regulariser)
+  rng = np.random.default_rng(3)
+  output, target = (jnp.asarray(rng.random((4, 16, 16, 3), np.float32))
+                    for _ in range(2))
+  value = float(jax.jit(functools.partial(regulariser.loss,
+                                          config.regulariser))(
+                                              bcm, output, target))
+  assert value > 0
+  logged = jax.jit(functools.partial(regulariser.metrics,
+                                     config.regulariser))(bcm, output, target)
+  assert float(logged['cross_sample']) == 0.0
+  config.regulariser.batch_attention = 'global'
+  logged = jax.jit(functools.partial(regulariser.metrics,
+                                     config.regulariser))(bcm, output, target)
+  assert float(logged['cross_sample']) > 0
 
 
 class _FakeRECNet:

@@ -293,7 +293,13 @@ def test_the_server_stopping_mid_save_loses_nothing(tmp_path, monkeypatch,
                                                    sample_data_dir):
   """A server of its own, stopped while a checkpoint is due: the save fails
   naming the step (after gcsfs's ~30 s of retries), the last good step stays
-  readable, and once the server is back a rerun resumes from it."""
+  readable, and once the server is back a rerun resumes from it.
+
+  The failed run cannot remove its workdir lease either (the server is
+  down); the rerun has the same job id, as a requeued job does, so it takes
+  the lease back at once.
+  """
+  monkeypatch.setenv('EXPCORR_JOB_ID', 'stopped-mid-save-job')
   server = server_lib.GcsServer(tmp_path / 'own_server')
   server.start()
   for name, value in server.env.items():

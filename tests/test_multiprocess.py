@@ -30,13 +30,13 @@ import time
 
 import pytest
 
-import gcs_server  # tests/ is on sys.path.
+import conftest  # tests/ is on sys.path.
+import gcs_server
 import tree_assertions
 from expcorr_jax import checkpointing
 
-# One xdist worker runs this module: its module fixture (a 2-process run) is
-# built once, not once per worker (setup.cfg: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('multiprocess')
+# One xdist worker runs this module (setup.cfg: --dist loadfile): its module
+# fixture (a 2-process run) is built once, which the fixture checks.
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16
@@ -150,6 +150,7 @@ def run_dirs(tmp_path_factory):
 
   The data_dir starts empty: the run builds the sample behind the barrier.
   """
+  conftest.claim_one_worker(tmp_path_factory, 'multiprocess')
   root = tmp_path_factory.mktemp('multiprocess')
   cache = root / 'compilation_cache'
   data_dir = root / 'tfds'

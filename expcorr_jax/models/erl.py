@@ -9,7 +9,9 @@ this follows the paper's Sec. 3.2-3.3:
   I' = f_d(W(cat([F, resize(F', HxW)])))   W a 1x1 conv (stage 2's pretext)
 
 Stage 1 trains f_e, f_d as an auto-encoder (I ~ f_d(f_e(I))); stage 2 freezes
-them and trains t_e and W with the Fourier-phase loss `phase_loss(I, I')`;
+them and trains t_e with the Fourier-phase loss `phase_loss(I, I')` (W stays
+at its start, as the paper's "only the transformer encoder t_e is trained";
+`tasks/erl_bcm.py` can train W too, this project's variant);
 stage 3 adds `regulariser(bcm_params, output, target)` =
 L1(t_e(f_e(output)), t_e(f_e(target))) to any corrector's loss (the BCM's
 shape is read off its params, so the frozen params are all it needs).
@@ -33,6 +35,11 @@ Choices the paper leaves open (see also configs/erl_*.py):
   the identity on F and zero on F' (stage 2 then starts from stage 1's
   reconstruction, and t_e gets no gradient until W's F' half grows).
 
+`mode='per_sample'` runs t_e on each sample alone (a sequence of one, so
+attention is the identity mix): the same network with no relationship
+between samples. It is the control arm of the ERL experiment (README), not
+a mode of the paper.
+
 The attention over the batch axis under data parallelism: `mode='global'`
 lets the tokens of the whole (global) batch attend to each other (under jit
 with a sharded batch XLA gathers the tokens); `mode='per_device'` runs t_e in
@@ -54,7 +61,7 @@ import jax.numpy as jnp
 Array = jax.Array
 P = jax.sharding.PartitionSpec
 
-BATCH_ATTENTION_MODES = ('global', 'per_device')
+BATCH_ATTENTION_MODES = ('global', 'per_device', 'per_sample')
 DATA_AXIS = 'data'
 
 
@@ -246,8 +253,9 @@ def correlate(model: BCM, params: Any, tokens: Array, *,
     params: BCM params holding at least 'transformer'.
     tokens: (B, C') tokens; in 'per_device' mode B must divide evenly over
       the mesh's 'data' axis.
-    mode: 'global' (all B tokens attend to each other) or 'per_device' (each
-      device's sub-batch attends within itself).
+    mode: 'global' (all B tokens attend to each other), 'per_device' (each
+      device's sub-batch attends within itself) or 'per_sample' (each token
+      alone: no relationship, the control).
     mesh: the device mesh (with a 'data' axis); None finds it as `data_mesh`
       does. A batch on no mesh is on one device: both modes agree.
 
@@ -258,6 +266,8 @@ def correlate(model: BCM, params: Any, tokens: Array, *,
     raise ValueError(f'Unknown batch attention mode {mode!r}; choose from '
                      f'{BATCH_ATTENTION_MODES}.')
   apply = lambda p, t: model.apply({'params': p}, t, method=BCM.correlate)
+  if mode == 'per_sample':
+    return jax.vmap(lambda token: apply(params, token[None])[0])(tokens)
   mesh = data_mesh(tokens, mesh) if mode == 'per_device' else None
   if mesh is None:
     return apply(params, tokens)
@@ -283,6 +293,29 @@ def relationship_features(params: Any, images: Array, *, mode: str = 'global',
   tokens = model.apply({'params': params}, images,
                        method=lambda m, x: m.tokens(m.encode(x)))
   return correlate(model, params, tokens, mode=mode, mesh=mesh)
+
+
+def cross_sample_shift(outputs_of: Any, images: Array,
+                       outputs: Array | None = None) -> Array:
+  """How much the other samples' outputs move when sample 0 is replaced.
+
+  mean over samples j >= 1 of mean |out_j - out_j'|, where out' is computed
+  on the batch with image 0 replaced by its negative (1 - image): zero for
+  anything that treats samples independently (a per-pixel corrector, the
+  'per_sample' control, one image per batch), and for t_e it measures how
+  much the batch relationship actually mixes samples.
+
+  Args:
+    outputs_of: images (B, H, W, 3) -> per-sample outputs (B, ...).
+    images: (B, H, W, 3) in [0, 1], B >= 2.
+    outputs: `outputs_of(images)` if already computed.
+  """
+  images = jax.lax.stop_gradient(images)
+  if outputs is None:
+    outputs = outputs_of(images)
+  replaced = images.at[0].set(1.0 - images[0])
+  moved = jnp.abs(jax.lax.stop_gradient(outputs) - outputs_of(replaced))[1:]
+  return jax.lax.stop_gradient(jnp.mean(moved))
 
 
 def bcm_reconstruct(model: BCM, params: Any, images: Array, *,

@@ -308,6 +308,14 @@ class RegulariserLossFn(typing.Protocol):
     `output` and `target` the task's `LossOutput.output` and `.target`."""
 
 
+class RegulariserMetricsFn(typing.Protocol):
+  """`Regulariser.metrics`: extra figures to log, never differentiated."""
+
+  def __call__(self, block: Config, frozen: Any, output: jax.Array,
+               target: jax.Array, /) -> dict[str, jax.Array]:
+    """Arguments as `RegulariserLossFn`; scalars by name."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Regulariser:
   """A loss term for any corrector, switched on by a `config.regulariser`.
@@ -325,12 +333,15 @@ class Regulariser:
     load_frozen: the `config.regulariser` block -> frozen params, loaded
       once per run.
     loss: see `RegulariserLossFn`.
+    metrics: see `RegulariserMetricsFn`, or None; logged as
+      '<name>_<key>'.
   """
   name: str
   needs: TrainingNeeds
   validate_config: Callable[[Config], None]
   load_frozen: Callable[[Config], Any]
   loss: RegulariserLossFn
+  metrics: RegulariserMetricsFn | None = None
 
 
 def module_fields(module_type: type[nn.Module]) -> list[str]:

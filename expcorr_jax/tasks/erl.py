@@ -14,7 +14,9 @@ A corrector's config switches it on with the `erl` config argument
 (`configs/uec.py:erl`, `configs/recnet.py:runlocal,erl`), which adds
 `config.regulariser = config_block()`; the trainer finds this module by
 `config.regulariser.name` ('erl'), adds weight * L_r to the loss and logs it
-as 'erl'. The BCM's params reach the loss as frozen params (never trained:
+as 'erl', beside 'erl_cross_sample' (how much the other outputs' F' move
+when output 0 of the batch is replaced: the batch relationship at work).
+The BCM's params reach the loss as frozen params (never trained:
 `erl.regulariser` stops their gradient), never enter the corrector's train
 state or checkpoint, and inference is unchanged.
 """
@@ -42,8 +44,10 @@ def config_block() -> ml_collections.ConfigDict:
       stage-1 workdir in turn). Required.
     weight: alpha, the paper's 0.1.
     batch_attention: 'global' (t_e attends over the whole batch, as on the
-      paper's single GPU) or 'per_device' (each device's share only), as in
-      stage 2.
+      paper's single GPU), 'per_device' (each device's share only), as in
+      stage 2, or 'per_sample' (each output alone through the same t_e:
+      the control arm, the same pull towards the target with no
+      relationship between samples).
   """
   block = ml_collections.ConfigDict()
   block.name = 'erl'
@@ -67,8 +71,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'{erl.BATCH_ATTENTION_MODES}, got '
                      f'{block.batch_attention!r}.')
   per_device = config.batch_size // jax.device_count()
-  if config.batch_size == 1 or (block.batch_attention == 'per_device' and
-                                per_device == 1):
+  if block.batch_attention == 'per_sample':
+    logging.warning(
+        "ERL with batch_attention='per_sample': t_e sees each output alone, "
+        'so no sample relationship is learnt from (the control arm).')
+  elif config.batch_size == 1 or (block.batch_attention == 'per_device' and
+                                  per_device == 1):
     logging.warning(
         'ERL with one image per batch (or per device): t_e relates nothing. '
         'The paper found batch 4 best.')
@@ -86,8 +94,20 @@ def loss(block: ml_collections.ConfigDict, bcm: Any, output: jax.Array,
   return erl.regulariser(bcm, output, target, mode=block.batch_attention)
 
 
+def metrics(block: ml_collections.ConfigDict, bcm: Any, output: jax.Array,
+            target: jax.Array) -> dict[str, jax.Array]:
+  """'cross_sample': how much the other outputs' F' move when output 0 is
+  replaced (`erl.cross_sample_shift`): 0 under 'per_sample' attention."""
+  del target
+  model = erl.model_from_params(bcm)
+  return {'cross_sample': erl.cross_sample_shift(
+      lambda images: erl.relationship_features(
+          bcm, images, mode=block.batch_attention, model=model), output)}
+
+
 REGULARISER = contract.Regulariser(
     name='erl',
     # L_r compares a corrected output with its normal-exposure ground truth.
     needs=contract.TrainingNeeds(normal_exposure_pair=True),
-    validate_config=validate_config, load_frozen=load_frozen, loss=loss)
+    validate_config=validate_config, load_frozen=load_frozen, loss=loss,
+    metrics=metrics)

@@ -15,6 +15,11 @@ Logged each step, to see whether t_e learns anything:
   fprime_batch_std: the std of F' across the batch, averaged over its
     entries (near 0: t_e collapsed to one F' for every image);
   fusion_fprime_norm: the norm of W's F' half;
+  cross_sample: how much the other images' I' move when image 0 of the
+    batch is replaced (`erl.cross_sample_shift`): what the batch
+    relationship actually does (0 under 'per_sample' attention; the 'none'
+    arm, whose t_e keeps its random start, gives its value at
+    initialisation);
   grad_norm (the trainer's): with W frozen, t_e's gradient norm.
 Evaluated under 'reconstruction': I', each image alone in its batch.
 """
@@ -120,8 +125,13 @@ def loss_fn(model: erl.BCM, params: Any, batch: contract.Batch,
       {'params': params}, features, jnp.zeros_like(correlated),
       method=erl.BCM.fuse_and_decode))
   kernel = params['fusion']['kernel']
+  def reconstruct(batch_images):
+    return erl.bcm_reconstruct(model, params, batch_images,
+                               mode=config.erl.batch_attention)
   metrics = {
       'phase': phase, 'l1': l1,
+      'cross_sample': erl.cross_sample_shift(reconstruct, images,
+                                             reconstructed),
       'fprime_dependence': jnp.mean(jnp.abs(
           jax.lax.stop_gradient(reconstructed) - without)),
       'fprime_batch_std': jnp.mean(jnp.std(
