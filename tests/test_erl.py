@@ -431,9 +431,8 @@ def test_default_stage2_trains_t_e_only_and_links_the_batch():
   assert _max_change(params['fusion'], start['fusion']) == 0.0  # W frozen.
   assert float(metrics['fprime_dependence']) > 1e-4
   assert float(metrics['fprime_batch_std']) > 1e-4
-  # The logged cross-sample measure is the one computed by hand below, on
-  # the step's params before the update (one of the mean's terms, image 0
-  # replaced): the other images' I' move.
+  # The logged cross-sample measure: the other images' I' move when image 0
+  # of the batch is replaced (t_e relates the samples from the start).
   assert float(metrics['cross_sample']) > 1e-5
   assert float(metrics['fusion_fprime_norm']) == pytest.approx(
       np.sqrt(model.features), rel=1e-6)  # The identity's norm.
