@@ -43,6 +43,8 @@ import tensorflow_datasets as tfds
 
 from data_prep import source_record
 from data_prep import storage
+from data_prep import tfds_spill
+from data_prep import tiled_frames
 # Imported for their side effect: defining a builder registers it with TFDS.
 from data_prep.datasets import lcdp  # pylint: disable=unused-import
 from data_prep.datasets import lol  # pylint: disable=unused-import
@@ -50,6 +52,8 @@ from data_prep.datasets import mixed_exposure  # pylint: disable=unused-import
 from data_prep.datasets import msec  # pylint: disable=unused-import
 from data_prep.datasets import multi_exposure  # pylint: disable=unused-import
 from data_prep.datasets import sice  # pylint: disable=unused-import
+
+tfds_spill.install()  # Splits over 1 GB spill to disk without TensorFlow.
 
 DATASETS = ('multi_exposure', 'mixed_exposure', 'msec', 'sice', 'lcdp', 'lol')
 FILE_FORMAT = 'array_record'
@@ -241,6 +245,17 @@ def _prepare_through_staging(builder: tfds.core.DatasetBuilder, name: str,
     logging.info('Uploaded %s (%d files) to %s.', name, count, target)
 
 
+def _other_versions(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Versions other than the builder's that are prepared beside it."""
+  config_dir = storage.path(os.fspath(builder.data_dir)).parent
+  if not config_dir.exists():
+    return []
+  return sorted(child.name for child in config_dir.iterdir()
+                if child.name != str(builder.version)
+                and re.fullmatch(r'\d+\.\d+\.\d+', child.name)
+                and (child / _DATASET_INFO).exists())
+
+
 def data_source(name: str, split: str,
                 data_dir: str | os.PathLike[str] | None):
   """`tfds.data_source` of a prepared dataset; never builds.
@@ -254,17 +269,27 @@ def data_source(name: str, split: str,
   if not builder.is_prepared():
     where = (f'data_dir {_expand(data_dir)}' if data_dir is not None else
              "TFDS's default data_dir")
+    older = _other_versions(builder)
+    note = (f' It holds version(s) {", ".join(older)} of another storage '
+            f'layout, which version {builder.version} does not read; '
+            'rebuild (the old folder can then be deleted).' if older else '')
     raise DatasetNotPreparedError(
         f'Dataset {name!r} is not prepared in {where} (looked for '
-        f'{builder.data_dir}). Build it with:\n  '
+        f'{builder.data_dir}).{note} Build it with:\n  '
         f'{build_command(name, _expand(data_dir))}')
   available = list(builder.info.splits)
   plain = re.fullmatch(r'[A-Za-z_]+', split)
   if plain and split not in available:
     raise ValueError(f'Dataset {name!r} in {builder.data_dir} has no split '
                      f'{split!r}; it has {available}.')
-  return tfds.data_source(name, split=split, data_dir=_expand(data_dir),
-                          download=False)
+  records = tfds.data_source(name, split=split, data_dir=_expand(data_dir),
+                             download=False)
+  metadata = builder.info.metadata or {}
+  if tiled_frames.is_tiled(metadata) and not plain:
+    raise ValueError(f'Dataset {name!r} stores frames as tiles; give a whole '
+                     f'split ({", ".join(available)}), not {split!r}.')
+  return tiled_frames.scene_source(records, metadata, split,
+                                   remote=storage.is_remote(builder.data_dir))
 
 
 def omissions(name: str, split: str,

@@ -36,10 +36,24 @@ from PIL import Image
 from data_prep import ev_tags
 from data_prep import image_codec
 from data_prep import mixed_exposure
+from data_prep import tiled_frames
 
 
-def decode(data: bytes) -> np.ndarray:
-  return image_codec.decode_image(data)
+def decode(frame: bytes | tiled_frames.TiledFrame) -> np.ndarray:
+  """A whole frame's pixels: encoded image bytes (paired datasets) or a
+  stored frame of a tiled multi-exposure dataset."""
+  if isinstance(frame, tiled_frames.TiledFrame):
+    return frame.decode()
+  return image_codec.decode_image(frame)
+
+
+def as_frame(frame: bytes | tiled_frames.TiledFrame
+             ) -> np.ndarray | tiled_frames.TiledFrame:
+  """What `crop_and_flip` takes: encoded bytes decoded, a stored frame as
+  it is (it decodes only the crop)."""
+  if isinstance(frame, tiled_frames.TiledFrame):
+    return frame
+  return decode(frame)
 
 
 def text(value: Any) -> str:
@@ -80,18 +94,28 @@ def _fit_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
                          max(crop_size, round(height * scale)))
 
 
-def crop_and_flip(images: Sequence[np.ndarray], rng: np.random.Generator,
-                  crop_size: int | None, flip: bool,
-                  resize_to: int | None = None) -> list[np.ndarray]:
+def crop_and_flip(images: Sequence[np.ndarray | tiled_frames.TiledFrame],
+                  rng: np.random.Generator, crop_size: int | None,
+                  flip: bool, resize_to: int | None = None
+                  ) -> list[np.ndarray]:
   """One random crop box and flip, shared by images of one scene.
+
+  Images are arrays or stored frames (`as_frame`); a stored frame decodes
+  only the crop box, which holds the same pixels as the box of its full
+  decode, so the result does not depend on which is given.
 
   `resize_to` first resizes every image to resize_to x resize_to, aspect
   ignored (UEC's official radiometry loader: 448); it draws no random
   number, so the crops and flips are as without it.
   """
-  shapes = {image.shape for image in images}
+  shapes = {tuple(image.shape) for image in images}
   if len(shapes) != 1:
     raise ValueError(f'Frames of one scene differ in size: {sorted(shapes)}.')
+  height, width = next(iter(shapes))[:2]
+  if resize_to or not crop_size or min(height, width) < crop_size:
+    # The whole frame is needed (resized, upscaled or kept whole).
+    images = [decode(image) if isinstance(image, tiled_frames.TiledFrame)
+              else image for image in images]
   if resize_to:
     images = [resize_bilinear(image, resize_to, resize_to) for image in images]
   if crop_size:
@@ -99,14 +123,21 @@ def crop_and_flip(images: Sequence[np.ndarray], rng: np.random.Generator,
     height, width = images[0].shape[:2]
     top = int(rng.integers(height - crop_size + 1))
     left = int(rng.integers(width - crop_size + 1))
-    images = [image[top:top + crop_size, left:left + crop_size]
-              for image in images]
-  if flip:
-    if rng.random() < 0.5:
-      images = [image[:, ::-1] for image in images]
-    if rng.random() < 0.5:
-      images = [image[::-1] for image in images]
-  return [np.ascontiguousarray(image) for image in images]
+  flip_lr = flip and rng.random() < 0.5
+  flip_ud = flip and rng.random() < 0.5
+  if crop_size:
+    return [
+        image.crop(top, left, crop_size, crop_size, flip_lr=flip_lr,
+                   flip_ud=flip_ud)
+        if isinstance(image, tiled_frames.TiledFrame) else _flipped(
+            image[top:top + crop_size, left:left + crop_size], flip_lr,
+            flip_ud) for image in images]
+  return [_flipped(image, flip_lr, flip_ud) for image in images]
+
+
+def _flipped(image: np.ndarray, flip_lr: bool, flip_ud: bool) -> np.ndarray:
+  return np.ascontiguousarray(
+      image[::-1 if flip_ud else 1, ::-1 if flip_lr else 1])
 
 
 class SequencePairsSource(grain.sources.RandomAccessDataSource):
@@ -152,8 +183,7 @@ class SequencePairsSource(grain.sources.RandomAccessDataSource):
             'ev_tag': tag, 'ev': evs[frame]}
 
 
-def _match_size(target: np.ndarray, shape: tuple[int, ...],
-                name: str = '') -> np.ndarray:
+def _match_size(target, shape: tuple[int, ...], name: str = ''):
   """The target, checked to have its input's size (never stretched).
 
   The builders leave mismatched pairs out, so this fails only on a dataset
@@ -191,8 +221,8 @@ class PairedSample(grain.transforms.RandomMap):
   channel_permute: bool = False
 
   def random_map(self, record, rng: np.random.Generator) -> dict[str, Any]:
-    image_in = decode(record['input'])
-    target = _match_size(decode(record['target']), image_in.shape,
+    image_in = as_frame(record['input'])
+    target = _match_size(as_frame(record['target']), image_in.shape,
                          text(record['name']))
     image_in, target = crop_and_flip([image_in, target], rng, self.crop_size,
                                      self.flip)

@@ -365,7 +365,7 @@ def test_every_builder_keeps_the_usable_and_names_the_rest(builder, tmp_path):
         stored[input_pipeline.text(record['name'])] = record['input']
   assert sorted(stored) == CONVERTED
   for name, data in stored.items():
-    _check(name, image_codec.decode_image(data))
+    _check(name, input_pipeline.decode(data))
   left_out = [item for split in splits + [''] for item in
               build.omissions(builder, split, data_dir)]
   named = sorted(name for name in REFUSED

@@ -20,7 +20,7 @@ import pytest
 
 from data_prep import build
 from data_prep.datasets import multi_exposure
-from data_prep import image_codec
+from data_prep import tiled_frames
 from data_prep import sample_scenes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,16 +57,16 @@ def all_scenes(data_dir) -> list[str]:
 def test_build_that_raises_leaves_nothing_prepared(two_raws, tmp_path,
                                                     monkeypatch):
   data_dir = tmp_path / 'data'
-  real_encode = image_codec.encode_png
+  real_split = tiled_frames.split_into_tiles
   calls = []
 
-  def failing_encode(image, **kwargs):
-    calls.append(1)
+  def failing_split(image, *args, **kwargs):
+    calls.append(1)  # One call per frame.
     if len(calls) > 5:  # The second scene.
       raise RuntimeError('simulated crash mid-build')
-    return real_encode(image, **kwargs)
+    return real_split(image, *args, **kwargs)
 
-  monkeypatch.setattr(image_codec, 'encode_png', failing_encode)
+  monkeypatch.setattr(tiled_frames, 'split_into_tiles', failing_split)
   with pytest.raises(Exception, match='simulated crash mid-build'):
     build.ensure_prepared(NAME, data_dir, two_raws)
   assert not build.get_builder(NAME, data_dir).is_prepared()
@@ -81,17 +81,17 @@ def test_build_that_raises_leaves_nothing_prepared(two_raws, tmp_path,
 
 _KILLED_BUILD = textwrap.dedent('''
     import pathlib, sys, time
-    from data_prep import build, image_codec
+    from data_prep import build, tiled_frames
     marker, data_dir, manual_dir = sys.argv[1:]
-    real_encode = image_codec.encode_png
+    real_split = tiled_frames.split_into_tiles
     calls = []
-    def stalling_encode(image, **kwargs):
-      calls.append(1)
+    def stalling_split(image, *args, **kwargs):
+      calls.append(1)  # One call per frame.
       if len(calls) > 5:  # First scene done: wait here to be killed.
         pathlib.Path(marker).touch()
         time.sleep(120)
-      return real_encode(image, **kwargs)
-    image_codec.encode_png = stalling_encode
+      return real_split(image, *args, **kwargs)
+    tiled_frames.split_into_tiles = stalling_split
     build.ensure_prepared('multi_exposure/raw', data_dir, manual_dir)
 ''')
 
@@ -168,7 +168,7 @@ def test_sample_dataset_via_cli(tmp_path):
       assert text(record['camera']) == 'expcorr Synthetic RGGB-14'
       np.testing.assert_array_equal(record['evs'],
                                     (-1.5, -1.0, 0.0, 1.0, 1.5))
-      frames = [image_codec.decode_image(f) for f in record['frames']]
+      frames = [frame.decode() for frame in record['frames']]
       for frame in frames:
         assert frame.shape == (record['height'], record['width'], 3)
         assert frame.dtype == np.uint8

@@ -19,6 +19,7 @@ from data_prep import ev_tags
 from data_prep import image_codec
 from data_prep import raw_render
 from data_prep import render_raw
+from data_prep import tiled_frames
 from data_prep.datasets import multi_exposure
 from data_prep.datasets import scene_split
 
@@ -80,8 +81,7 @@ def test_raw_folder_build(kodak, tmp_path):
     assert (record['height'], record['width']) == (512, 768)
     assert text(record['camera']) == KODAK_CAMERA
     assert text(record['source']) == text(record['scene']) + '.kdc'
-    frames = [image_codec.decode_image(f) for f in record['frames']]
-    assert [f[:8] for f in record['frames']] == [b'\x89PNG\r\n\x1a\n'] * 5
+    frames = [frame.decode() for frame in record['frames']]
     for ev, frame in zip(ev_tags.MSEC_EVS, frames):
       assert frame.shape == (512, 768, 3) and frame.dtype == np.uint8
       np.testing.assert_array_equal(frame, raw_render.expose(linear, ev))
@@ -137,13 +137,15 @@ def test_custom_config_16bit_radiometry_half_size(kodak, tmp_path):
       download_config=tfds.download.DownloadConfig(manual_dir=manual))
   linear = raw_render.decode_raw(kodak, half_size=True)
   everything = [record for split in builder.info.splits
-                for record in records(builder.as_data_source(split=split))]
+                for record in records(tiled_frames.scene_source(
+                    builder.as_data_source(split=split),
+                    builder.info.metadata, split))]
   assert sorted(text(r['scene']) for r in everything) == ['first', 'second']
   for record in everything:
     np.testing.assert_array_equal(record['evs'], multi_exposure.RADIOMETRY_EVS)
     assert (record['height'], record['width']) == (256, 384)
-    for ev, data in zip(multi_exposure.RADIOMETRY_EVS, record['frames']):
-      frame = image_codec.decode_image(data)
+    for ev, stored in zip(multi_exposure.RADIOMETRY_EVS, record['frames']):
+      frame = stored.decode()
       assert frame.dtype == np.uint16
       np.testing.assert_array_equal(
           frame, raw_render.expose(linear, ev, bits=16))
@@ -174,9 +176,11 @@ def test_rendered_folder_from_render_raw(kodak, tmp_path):
     assert text(record['camera']) == KODAK_CAMERA
     assert text(record['source']) == f'{scene}.kdc'
     assert (record['height'], record['width']) == (256, 384)
-    for ev, data in zip(ev_tags.MSEC_EVS, record['frames']):
+    for ev, stored in zip(ev_tags.MSEC_EVS, record['frames']):
       path = rendered / f'{scene}_{ev_tags.ev_to_tag(ev)}.png'
-      assert data == path.read_bytes()  # Stored as rendered.
+      # Stored as the rendered file decodes.
+      np.testing.assert_array_equal(stored.decode(),
+                                    image_codec.read_image(path))
 
 
 def test_rendered_radiometry_layout_skips_incomplete_scenes(tmp_path, caplog):
@@ -203,7 +207,9 @@ def test_rendered_radiometry_layout_skips_incomplete_scenes(tmp_path, caplog):
     assert (record['height'], record['width']) == (6, 10)
     assert text(record['camera']) == ''
     assert text(record['source']) == f'uec/neg1/{scene}.jpg'
-    assert record['frames'][2] == (root / 'pos1' / f'{scene}.jpg').read_bytes()
+    np.testing.assert_array_equal(
+        record['frames'][2].decode(),
+        image_codec.read_image(root / 'pos1' / f'{scene}.jpg'))
 
 
 def test_the_radiometry_release_list_decides_the_split(tmp_path):

@@ -63,7 +63,7 @@ def tiny_config(data_dir: str):
                                    'runlocal')
   config.data.data_dir = data_dir
   config.data.crop_size = 64
-  config.batch_size = 4
+  config.batch_size = 8
   config.model_encoder_height = 32
   config.num_train_steps = TRAIN_STEPS
   config.log_every_steps = 1

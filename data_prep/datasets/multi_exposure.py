@@ -1,4 +1,4 @@
-"""TFDS builder `multi_exposure`: one example per scene, its exposures in order.
+"""TFDS builder `multi_exposure`: exposure sequences, each scene's frames in EV order.
 
 Configs (the source of the scenes):
   sample (default): the embedded sample scenes (`data_prep.sample_scenes`),
@@ -12,20 +12,27 @@ Configs (the source of the scenes):
   rendered: already-rendered sequences in the manual directory, as
     `python -m data_prep.render_raw` writes them (`<scene>_<tag>.png`) or in
     the UEC radiometry layout (`{neg3,..,0,..,pos3}/<name>`); see
-    `rendered_layout`. Frames are stored as the files hold them.
+    `rendered_layout`. Frames are stored as their files decode.
 
-Features (one example per scene):
+Storage (2.0.0, `data_prep.tiled_frames`): every frame as 128x128 tiles of
+raw pixels, one record per tile (feature `tile`: bytes), so that a training
+crop reads and decodes only the tiles it touches. The pixels are those a
+decode of the render (8-bit, or 16-bit when bits=16) or of the rendered file
+(`image_codec.decode_image`) gives. The metadata's scene table says which
+records hold which frame; read a split with `data_prep.build.data_source`,
+which gives one record per scene:
   scene: the scene name (the RAW's file stem).
-  frames: encoded images, one per EV, in `evs` order. PNG (8-bit, or 16-bit
-    when bits=16) for raw/sample; the files' own bytes for rendered.
-    Decode with `data_prep.image_codec.decode_image`.
+  frames: one `tiled_frames.TiledFrame` per EV, in `evs` order (`.crop(top,
+    left, height, width)`, `.decode()`).
   evs: float32 exposures relative to as-shot, ascending; the same list for
     every scene of a build.
   camera: 'make model' from the RAW's tags ('' where unknown).
   height, width: int32 size of every frame.
   source: 'sample', or the file the scene came from.
+Version 1.1.0 held whole encoded frames in one record per scene; it is not
+read any more (a prepared 1.1.0 dataset is rebuilt beside it).
 
-Splits are scene-disjoint by construction (one example per scene): 'sample'
+Splits are scene-disjoint by construction (a scene is in one split): 'sample'
 uses `sample_scenes.sample_split`; folders use `scene_split.assign_splits`, a
 SHA-256 hash of the scene name against `validation_fraction` (default 0.1),
 with at least one validation scene when there are two or more scenes. With a
@@ -49,10 +56,10 @@ import rawpy
 import tensorflow_datasets as tfds
 
 from data_prep import ev_tags
-from data_prep import image_codec
 from data_prep import raw_render
 from data_prep import render_raw
 from data_prep import sample_scenes
+from data_prep import tiled_frames
 from data_prep import camera_tags
 from data_prep.datasets import file_checks
 from data_prep.datasets import rendered_layout
@@ -107,17 +114,10 @@ class MultiExposureConfig(tfds.core.BuilderConfig):
 
 
 def multi_exposure_features() -> tfds.features.FeaturesDict:
-  """The feature spec of `multi_exposure` (see module docstring)."""
+  """The feature spec of `multi_exposure`: one tile per record."""
   return tfds.features.FeaturesDict({
-      'scene': tfds.features.Text(),
-      'frames': tfds.features.Sequence(
-          tfds.features.Tensor(shape=(), dtype=np.object_)),
-      'evs': tfds.features.Sequence(
-          tfds.features.Tensor(shape=(), dtype=np.float32)),
-      'camera': tfds.features.Text(),
-      'height': tfds.features.Tensor(shape=(), dtype=np.int32),
-      'width': tfds.features.Tensor(shape=(), dtype=np.int32),
-      'source': tfds.features.Text(),
+      tiled_frames.TILE_FEATURE: tfds.features.Tensor(shape=(),
+                                                      dtype=np.object_),
   })
 
 
@@ -225,13 +225,16 @@ def usable_raw_scenes(owner: Any, dataset: str, source: str,
 
 
 class MultiExposure(tfds.core.GeneratorBasedBuilder):
-  """Multi-exposure sequences (one example per scene) rendered from RAW."""
+  """Multi-exposure sequences rendered from RAW (or already rendered), their
+  frames stored as tiles (see the module docstring)."""
 
   name = 'multi_exposure'
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('2.0.0')
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': 'Sample captures metered to 18% grey (equally exposed EV 0).',
+      '2.0.0': 'Frames stored as 128x128 tiles of raw pixels, one record per '
+               'tile, so that a crop reads only the tiles it touches.',
   }
   BUILDER_CONFIGS = [
       MultiExposureConfig(
@@ -269,7 +272,11 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
         features=multi_exposure_features(),
-        metadata=tfds.core.MetadataDict())
+        # Tiles are found by position: records stay in key (write) order.
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict({
+            tiled_frames.LAYOUT_KEY: tiled_frames.layout_metadata(),
+            tiled_frames.SCENE_TABLE: {}}))
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
@@ -295,11 +302,12 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
           'multi_exposure/%s: only %d usable scene(s), so there is no '
           'validation split; add scenes to get one.', self.builder_config.name,
           len(scenes))
-    return {split: self._generate_examples(split_scenes)
+    return {split: self._generate_examples(split_scenes, split)
             for split, split_scenes in sorted(by_split.items())}
 
-  def _generate_raw_examples(self, scenes: Sequence[RawScene]
-                             ) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_raw_examples(self, scenes: Sequence[RawScene],
+                             table: tiled_frames.SceneTableWriter
+                             ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Decodes each RAW once and renders every EV of the config from it."""
     config = self.builder_config
     yielded = 0
@@ -311,15 +319,11 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
         continue
       renders = raw_render.render_exposures(
           image, config.evs, bits=config.bits, tone_curve=config.tone_curve)
-      yield scene.scene, {
-          'scene': scene.scene,
-          'frames': [image_codec.encode_png(renders[ev]) for ev in config.evs],
-          'evs': np.asarray(config.evs, np.float32),
-          'camera': camera_tags.camera_name(scene.path),
-          'height': np.int32(image.height),
-          'width': np.int32(image.width),
-          'source': scene.source,
-      }
+      yield from table.add_scene(
+          {'scene': scene.scene, 'evs': list(config.evs),
+           'camera': camera_tags.camera_name(scene.path),
+           'source': scene.source},
+          [renders[ev] for ev in config.evs])
       yielded += 1
     if scenes and not yielded:
       raise ValueError(
@@ -352,10 +356,15 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update(omissions.metadata())
     return self._group(usable, split_of)
 
-  def _generate_examples(self, scenes: Sequence[Any]
-                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(self, scenes: Sequence[Any], split: str
+                         ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The split's tiles; its scene table goes to the metadata."""
+    scenes = tiled_frames.scene_order(split, scenes)
+    table = tiled_frames.SceneTableWriter(len(scenes))
+    self.info.metadata[tiled_frames.SCENE_TABLE][split] = table.scenes
     if self.builder_config.source == 'rendered':
       for scene in scenes:
-        yield scene.scene, scene.to_example()
+        fields, frames = scene.to_frames()
+        yield from table.add_scene(fields, frames)
     else:
-      yield from self._generate_raw_examples(scenes)
+      yield from self._generate_raw_examples(scenes, table)

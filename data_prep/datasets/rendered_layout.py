@@ -12,7 +12,7 @@ Two layouts are recognised (in the folder given or up to two levels below):
 Every scene of a build must have the same EV list (training samples pairs of
 EVs by position), so scenes missing one of the wanted EVs are logged and
 skipped; wanted = the EVs asked for, or else the EV list most scenes have.
-Frames are stored as the files hold them, not re-encoded.
+Frames are stored as their decode gives them (`image_codec.read_image`).
 """
 
 import collections
@@ -23,14 +23,13 @@ from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
-from PIL import Image
 
 from data_prep import ev_tags
+from data_prep import image_codec
 from data_prep import render_raw
 from data_prep import camera_tags
 from data_prep.datasets import manual_layout
 
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap axes.
 EXPECTED_LAYOUT = ('<scene>_<tag>.png files (render_raw output) or '
                    '{neg3,neg2,neg1,0,pos1,pos2,pos3}/<name> folders')
 
@@ -43,23 +42,18 @@ class RenderedScene:
   camera: str = ''
   source: str = ''
 
-  def to_example(self) -> dict[str, Any]:
-    """The `multi_exposure` feature dict; fails if frame sizes differ."""
-    sizes = {path: image_size(path) for _, path in self.frames}
+  def to_frames(self) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(scene fields, decoded frames in EV order) for `multi_exposure`'s
+    scene table and tiles; fails if frame sizes differ."""
+    frames = [image_codec.read_image(path) for _, path in self.frames]
+    sizes = {path: frame.shape[:2]
+             for (_, path), frame in zip(self.frames, frames)}
     if len(set(sizes.values())) != 1:
       raise ValueError(
           f'Scene {self.scene!r}: its frames differ in size: '
           + ', '.join(f'{p.name} {w}x{h}' for p, (h, w) in sizes.items()))
-    height, width = next(iter(sizes.values()))
-    return {
-        'scene': self.scene,
-        'frames': [path.read_bytes() for _, path in self.frames],
-        'evs': np.asarray([ev for ev, _ in self.frames], np.float32),
-        'camera': self.camera,
-        'height': np.int32(height),
-        'width': np.int32(width),
-        'source': self.source,
-    }
+    return {'scene': self.scene, 'evs': [ev for ev, _ in self.frames],
+            'camera': self.camera, 'source': self.source}, frames
 
 
 def scene_problem(scene: RenderedScene, sizes: dict) -> str | None:
@@ -74,15 +68,6 @@ def scene_problem(scene: RenderedScene, sizes: dict) -> str | None:
         f'{path.parent.name}/{path.name} {sizes[path][1]}x{sizes[path][0]}'
         for _, path in scene.frames)
   return None
-
-
-def image_size(path: pathlib.Path) -> tuple[int, int]:
-  """(height, width) as decoded, after EXIF orientation; reads the header."""
-  with Image.open(path) as image:
-    width, height = image.size
-    if image.getexif().get(0x0112, 1) in _TRANSPOSING_ORIENTATIONS:
-      width, height = height, width
-  return height, width
 
 
 def _tag_folders(folder: pathlib.Path) -> dict[float, pathlib.Path]:

@@ -129,7 +129,7 @@ class NormalExposureSample(grain.transforms.RandomMap):
     else:
       encoded = record['target']
     image, = input_pipeline.crop_and_flip(
-        [input_pipeline.decode(encoded)], rng, self.crop_size, self.flip)
+        [input_pipeline.as_frame(encoded)], rng, self.crop_size, self.flip)
     return {'image': image}
 
 

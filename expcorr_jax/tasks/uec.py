@@ -99,19 +99,20 @@ class UECSample(grain.transforms.RandomMap):
     if other_evs[lo] == other_evs[hi]:
       raise ValueError(f'Scene {input_pipeline.text(other_record["scene"])!r} '
                        'repeats an EV.')
+    # Stored frames (or decoded images) go to `crop_and_flip`, which reads
+    # only the crop box of a stored frame.
+    frame = input_pipeline.as_frame
     frames = record['frames']
-    other_frames = other_record['frames']
-    decode = input_pipeline.decode
-    scene_frames = [decode(frames[input_frame]), decode(frames[target_frame])]
+    scene_frames = [frame(frames[input_frame]), frame(frames[target_frame])]
     if self.with_normal:
       normal_frame = int(np.argmin(np.abs(evs)))
-      scene_frames.append(decode(frames[normal_frame]))
+      scene_frames.append(frame(frames[normal_frame]))
     # One crop box and flip for every frame of the scene.
     image_in, image_target, *normal = input_pipeline.crop_and_flip(
         scene_frames, rng, self.crop_size, self.flip, self.resize_to)
     ref_lo, ref_hi = input_pipeline.crop_and_flip(
-        [decode(other_frames[lo]), decode(other_frames[hi])], rng,
-        self.crop_size, self.flip, self.resize_to)
+        [frame(other_record['frames'][lo]), frame(other_record['frames'][hi])],
+        rng, self.crop_size, self.flip, self.resize_to)
     sample = {
         'input': image_in, 'target': image_target,
         'ref_lo': ref_lo, 'ref_hi': ref_hi,
