@@ -4,10 +4,11 @@ r"""Reading training data from a bucket against local disk, in one run.
 
 Starts a GCS-compatible server (fake-gcs-server, as the tests do) on
 127.0.0.1, builds the embedded sample into a bucket on it and into a local
-folder, and times, for each: random-access record reads through
-`tfds.data_source` (array_record; the bucket's shards are read in place by
-array_record's GCS client) and the UEC training loader (batch 8, 128x128
-crops, no worker processes: decoding included). The figures are medians
+folder, and times, for each: single tile records read in a random order and
+whole frames assembled from their tiles (`data_prep/tiled_frames.py`; the
+bucket's array_record shards are read in place by array_record's GCS
+client, a frame's tiles in parallel), and the UEC training loader (batch 8,
+128x128 crops, no worker processes). The figures are medians
 over --repeats passes; the ratio is bucket / local. A local emulator has no
 network latency: against a real bucket the record reads cost more, which
 grain's worker processes and prefetching hide.
@@ -33,14 +34,29 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Passes per measurement.')
 _NAME = 'multi_exposure/sample'
 
 
-def _record_reads_per_second(data_dir: str) -> float:
+def _tile_reads_per_second(data_dir: str) -> float:
+  """Single tile records read in a random order (what a crop's reads are
+  made of)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from data_prep import build  # pylint: disable=g-import-not-at-top
-  source = build.data_source(_NAME, 'train', data_dir)
-  order = list(range(len(source))) * 4
+  tiles = build.data_source(_NAME, 'train', data_dir)._tiles  # pylint: disable=protected-access
+  order = np.random.default_rng(0).permutation(len(tiles))[:400]
   start = time.perf_counter()
   for index in order:
-    source[index]  # pylint: disable=pointless-statement
+    tiles.read([int(index)])
   return len(order) / (time.perf_counter() - start)
+
+
+def _frames_per_second(data_dir: str) -> float:
+  """Whole frames assembled from their tiles (what evaluation reads)."""
+  from data_prep import build  # pylint: disable=g-import-not-at-top
+  source = build.data_source(_NAME, 'train', data_dir)
+  frames = [frame for index in range(len(source))
+            for frame in source[index]['frames']]
+  start = time.perf_counter()
+  for frame in frames:
+    frame.decode()
+  return len(frames) / (time.perf_counter() - start)
 
 
 def _loader_samples_per_second(data_dir: str) -> float:
@@ -75,20 +91,21 @@ def main(argv):
         build.ensure_prepared(_NAME, data_dir)
       rows = {}
       for place, data_dir in places.items():
-        rows[place] = (
-            statistics.median(_record_reads_per_second(data_dir)
-                              for _ in range(_REPEATS.value)),
-            statistics.median(_loader_samples_per_second(data_dir)
-                              for _ in range(_REPEATS.value)))
+        rows[place] = tuple(
+            statistics.median(measure(data_dir)
+                              for _ in range(_REPEATS.value))
+            for measure in (_tile_reads_per_second, _frames_per_second,
+                            _loader_samples_per_second))
     finally:
       server.stop()
-  print('| data_dir | records/s (random reads) | UEC loader samples/s |')
-  print('|---|---:|---:|')
-  for place, (records, samples) in rows.items():
-    print(f'| {place} | {records:.1f} | {samples:.2f} |')
+  print('| data_dir | tiles/s (random reads) | whole frames/s | UEC loader '
+        'samples/s |')
+  print('|---|---:|---:|---:|')
+  for place, figures in rows.items():
+    print(f'| {place} | ' + ' | '.join(f'{f:.2f}' for f in figures) + ' |')
   local, remote = rows['local'], rows['bucket']
-  print(f'| bucket / local | {remote[0] / local[0]:.2f} | '
-        f'{remote[1] / local[1]:.2f} |')
+  print('| bucket / local | ' + ' | '.join(
+      f'{r / l:.2f}' for r, l in zip(remote, local)) + ' |')
 
 
 if __name__ == '__main__':

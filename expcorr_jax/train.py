@@ -167,8 +167,15 @@ def load_frozen(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def loss_and_metrics(model, params, batch: dict[str, jax.Array], config,
-                     frozen: dict[str, Any]) -> tuple[jax.Array, dict]:
-  """The task's loss plus the regulariser's, with the metrics to log."""
+                     frozen: dict[str, Any], log_step: Any = True
+                     ) -> tuple[jax.Array, dict]:
+  """The task's loss plus the regulariser's, with the metrics to log.
+
+  The regulariser's own diagnostics (`Regulariser.metrics`, extra passes
+  that serve only the log) are computed when `log_step` (a traced bool:
+  the trainer logs after this step) holds, and are NaN otherwise, which
+  `_log_metrics` leaves out of its means.
+  """
   task = tasks.get_task(config.model)
   result = task.loss_fn(model, params, batch, config, frozen=frozen['task'],
                         needs=training_needs(config))
@@ -185,10 +192,18 @@ def loss_and_metrics(model, params, batch: dict[str, jax.Array], config,
     loss = loss + config.regulariser.weight * value
     metrics[regulariser.name] = value
     if regulariser.metrics is not None:
-      extra = regulariser.metrics(config.regulariser, frozen['regulariser'],
-                                  result.output, result.target)
-      metrics.update({f'{regulariser.name}_{key}': jax.lax.stop_gradient(v)
-                      for key, v in extra.items()})
+      output = jax.lax.stop_gradient(result.output)
+      target = jax.lax.stop_gradient(result.target)
+
+      def diagnostics():
+        return regulariser.metrics(config.regulariser, frozen['regulariser'],
+                                   output, target)
+
+      skipped = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                             jax.eval_shape(diagnostics))
+      extra = jax.lax.cond(log_step, diagnostics, lambda: skipped)
+      metrics.update({f'{regulariser.name}_{key}': value
+                      for key, value in extra.items()})
   metrics['loss'] = loss
   return loss, metrics
 
@@ -213,8 +228,12 @@ def make_train_step(model, config, optimizer, mesh: jax.sharding.Mesh,
     # other arrays (EVs, labels) stay as they are.
     batch = {k: pixels.to_float(v) if pixels.is_integer_pixels(v.dtype) else v
              for k, v in batch.items()}
+    # The trainer logs after this step (see the training loop).
+    next_step = state.step + 1
+    log_step = ((next_step % config.log_every_steps == 0) |
+                (next_step == config.num_train_steps))
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: loss_and_metrics(model, p, batch, config, frozen),
+        lambda p: loss_and_metrics(model, p, batch, config, frozen, log_step),
         has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -270,8 +289,13 @@ def _check_finite(pending: list[tuple[int, dict]]) -> None:
 def _log_metrics(writer, step: int, pending: list[tuple[int, dict]],
                  num_steps: int, seconds: float, batch_size: int) -> None:
   fetched = jax.device_get([m for _, m in pending])
-  means = {k: float(np.mean([m[k] for m in fetched]))
-           for k in fetched[0] if k != 'finite'}
+  # NaN marks a diagnostic not computed at that step (`loss_and_metrics`);
+  # the loss and gradients were checked finite before this.
+  means = {}
+  for key in fetched[0]:
+    values = np.asarray([m[key] for m in fetched], np.float64)
+    if key != 'finite' and not np.isnan(values).all():
+      means[key] = float(np.nanmean(values))
   steps_per_s = len(pending) / max(seconds, 1e-9)
   means['steps_per_second'] = steps_per_s
   means['images_per_second'] = steps_per_s * batch_size

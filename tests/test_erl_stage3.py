@@ -181,6 +181,42 @@ def test_uec_regulariser_reaches_the_corrector_and_never_the_bcm(
   assert max(jax.tree.leaves(largest['predictor'])) > 0
 
 
+def test_the_cross_sample_diagnostic_runs_only_at_log_steps(bcm_workdir):
+  """Off log steps the regulariser's diagnostic is NaN (not computed: its
+  extra passes serve only the log) and the loss and gradients are the
+  same; the trainer's means leave the NaNs out."""
+  config = _uec_config(bcm_workdir)
+  config.loss.num_passes = 1
+  frozen = train.load_frozen(config)
+  model = uec_task.create_model(config)
+  params = uec_task.init_params(model, jax.random.key(1, impl='rbg'))
+  batch = _batch(('input', 'target', 'ref_lo', 'ref_hi', 'normal'))
+  run = jax.jit(lambda p, log: jax.value_and_grad(
+      lambda q: train.loss_and_metrics(model, q, batch, config, frozen, log),
+      has_aux=True)(p))
+  (loss_on, logged), grads_on = run(params, True)
+  (loss_off, skipped), grads_off = run(params, False)
+  assert np.isfinite(float(logged['erl_cross_sample']))
+  assert np.isnan(float(skipped['erl_cross_sample']))
+  assert float(loss_on) == float(loss_off)
+  assert float(logged['erl']) == float(skipped['erl'])
+  for on, off in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off)):
+    np.testing.assert_array_equal(on, off)
+
+  class Writer:
+    scalars = {}
+
+    def write_scalars(self, step, scalars):
+      self.scalars[step] = scalars
+
+  writer = Writer()
+  pending = [(1, skipped), (2, logged)]
+  train._log_metrics(writer, 2, pending, 2, 1.0, 8)  # pylint: disable=protected-access
+  assert writer.scalars[2]['train/erl_cross_sample'] == pytest.approx(
+      float(logged['erl_cross_sample']))
+  assert writer.scalars[2]['train/erl'] == pytest.approx(float(logged['erl']))
+
+
 def test_the_control_arm_pulls_alike_with_no_relationship(bcm_workdir):
   """batch_attention='per_sample': the same t_e on each output alone, so
   L_r still pulls each output towards its target, but no output's term
