@@ -125,14 +125,17 @@ def crop_and_flip(images: Sequence[np.ndarray | tiled_frames.TiledFrame],
     left = int(rng.integers(width - crop_size + 1))
   flip_lr = flip and rng.random() < 0.5
   flip_ud = flip and rng.random() < 0.5
-  if crop_size:
-    return [
-        image.crop(top, left, crop_size, crop_size, flip_lr=flip_lr,
-                   flip_ud=flip_ud)
-        if isinstance(image, tiled_frames.TiledFrame) else _flipped(
-            image[top:top + crop_size, left:left + crop_size], flip_lr,
-            flip_ud) for image in images]
-  return [_flipped(image, flip_lr, flip_ud) for image in images]
+  if not crop_size:
+    return [_flipped(image, flip_lr, flip_ud) for image in images]
+  if all(isinstance(image, tiled_frames.TiledFrame) for image in images):
+    # Stored frames of one scene: their tiles in one read.
+    return tiled_frames.crop_frames(images, top, left, crop_size, crop_size,
+                                    flip_lr=flip_lr, flip_ud=flip_ud)
+  return [image.crop(top, left, crop_size, crop_size, flip_lr=flip_lr,
+                     flip_ud=flip_ud)
+          if isinstance(image, tiled_frames.TiledFrame) else _flipped(
+              image[top:top + crop_size, left:left + crop_size], flip_lr,
+              flip_ud) for image in images]
 
 
 def _flipped(image: np.ndarray, flip_lr: bool, flip_ud: bool) -> np.ndarray:

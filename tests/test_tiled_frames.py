@@ -24,8 +24,10 @@ class _Tiles:
   def __init__(self, examples):
     self.records = [example['tile'] for _, example in examples]
     self.indices_read = []
+    self.calls = 0
 
   def read(self, indices):
+    self.calls += 1
     self.indices_read += list(indices)
     return [self.records[i] for i in indices]
 
@@ -77,6 +79,16 @@ def test_a_crop_reads_only_the_tiles_it_touches():
   first = -(-2000 // 128) * columns  # Frame 1 starts after frame 0.
   assert sorted(tiles.indices_read) == [first + row * columns + col
                                 for row in range(1, 5) for col in range(1, 6)]
+  # Several frames of a scene: one read for all their tiles (from a
+  # bucket, one round trip), each crop as from its own frame.
+  tiles.indices_read.clear()
+  tiles.calls = 0
+  both = tiled_frames.crop_frames(scenes[0]['frames'], 130, 250, 448, 448,
+                                  flip_lr=True)
+  assert tiles.calls == 1 and len(tiles.indices_read) == 2 * 4 * 5
+  for crop, frame in zip(both, scenes[0]['frames']):
+    np.testing.assert_array_equal(
+        crop, frame.crop(130, 250, 448, 448, flip_lr=True))
 
 
 def test_a_damaged_tile_is_named():
