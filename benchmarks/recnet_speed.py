@@ -2,7 +2,8 @@ r"""RECNet speed: inference ms, training images/s, memory, share of matmul peak.
 
   python benchmarks/recnet_speed.py [--sizes=1080p,4k] [--nc=8] \
       [--num_blocks=5] [--rounds=3] [--train_batch=8] [--train_crop=128] \
-      [--variants=fast,reference] [--notrain] [--profile]
+      [--variants=fast,reference,official] [--notrain] [--profile] \
+      [--official_dir=RECNet] [--torch_python=PYTHON]
 
 Runs on JAX's default device and times, for each variant:
 
@@ -11,7 +12,13 @@ Runs on JAX's default device and times, for each variant:
     `conv_impl='auto'`, the default, picks on a CPU; see models/recnet.py);
   reference: `RECNet(conv_impl='lax')`: every conv through
     `lax.conv_general_dilated` (the straightforward port; what 'auto' picks on
-    other backends).
+    other backends);
+  official: the official PyTorch code (github.com/kravrolens/RECNet, a
+    checkout given by --official_dir) on the CPU, in a child process under
+    --torch_python (see official_pytorch.py and recnet_official_torch.py):
+    the same images, the same network weights, and for the training step the
+    same loss with the same VGG16 weights and Adam. Without --official_dir or
+    without torch there, the variant is skipped with a message saying why.
 
 Inference: `model.apply(...).output` under `jax.jit` on one image per
 --sizes entry, the input already on the device. Training: one optimiser
@@ -29,7 +36,9 @@ timed run; "of peak" is GFLOP/s over the best peak, "paired" the median over
 rounds of the ratio to the peak matmul timed just before (the figure least
 sensitive to other load on a shared machine). "vs reference" is the median
 reference time over the median time of the row, so the speedup is measured
-in the same run. Memory: peak bytes in use on an accelerator
+in the same run, and "vs official" the official code's median time over the
+row's (its "max diff" compares its output or first loss with the first JAX
+variant's, a check that both sides did the same work). Memory: peak bytes in use on an accelerator
 (`memory_stats()['peak_bytes_in_use']`, a running maximum over the process),
 on a CPU the process's maximum resident set size (`getrusage`, also a
 running maximum, so only increases between rows mean anything).
@@ -61,6 +70,7 @@ import optax
 from expcorr_jax.tasks import recnet as recnet_task
 from expcorr_jax.weights import unpickling
 from expcorr_jax.models import recnet
+import official_pytorch  # benchmarks/official_pytorch.py, as timing.
 import timing  # benchmarks/timing.py; this folder is on sys.path.
 
 _SIZES = flags.DEFINE_list('sizes', ['1080p', '4k'],
@@ -70,8 +80,15 @@ _NUM_BLOCKS = flags.DEFINE_integer('num_blocks', 5, 'Dual blocks.')
 _NUM_HEADS = flags.DEFINE_integer('num_heads', 2, 'Attention heads.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed runs per variant.',
                                lower_bound=1)
-_VARIANTS = flags.DEFINE_list('variants', ['fast', 'reference'],
-                              'Variants to time: fast and/or reference.')
+_VARIANTS = flags.DEFINE_list(
+    'variants', ['fast', 'reference', 'official'],
+    'Variants to time: fast, reference, official (needs --official_dir).')
+_OFFICIAL_DIR = flags.DEFINE_string(
+    'official_dir', None, 'Checkout of github.com/kravrolens/RECNet, for the '
+    '"official" variant.')
+_TORCH_PYTHON = flags.DEFINE_string(
+    'torch_python', sys.executable, 'Interpreter with torch, torchvision, '
+    'einops and scipy that runs the official code.')
 _TRAIN = flags.DEFINE_boolean('train', True, 'Time a training step.')
 _TRAIN_BATCH = flags.DEFINE_integer('train_batch', 8, 'Training batch size.')
 _TRAIN_CROP = flags.DEFINE_integer('train_crop', 128, 'Training crop side.')
@@ -82,11 +99,20 @@ _PEAK_SIZE = flags.DEFINE_integer('peak_size', None,
                                   'on a CPU, 8192 elsewhere).')
 
 IMPLS = {'fast': 'fast', 'reference': 'lax'}
+OFFICIAL = 'official'
+# First JAX variant's inference outputs (by size) and first training loss,
+# for the official rows' "max diff".
+_FIRST_RESULTS = {}
+
+
+def jax_variants() -> list[str]:
+  return [v for v in _VARIANTS.value if v != OFFICIAL]
 
 
 def make_model(variant: str) -> recnet.RECNet:
   if variant not in IMPLS:
-    raise ValueError(f'unknown variant {variant!r}; use {sorted(IMPLS)}')
+    raise ValueError(f'unknown variant {variant!r}; use '
+                     f'{sorted(IMPLS) + [OFFICIAL]}')
   return recnet.RECNet(nc=_NC.value, num_blocks=_NUM_BLOCKS.value,
                        num_heads=_NUM_HEADS.value, conv_impl=IMPLS[variant])
 
@@ -181,14 +207,15 @@ def row(task, size, variant, unit_count, unit, flops, compile_s, times,
 def benchmark_inference(height, width, peak) -> list[dict]:
   image = smooth_image(1, height, width)
   rows, outputs = [], {}
-  for variant in _VARIANTS.value:
+  for variant in jax_variants():
     model = make_model(variant)
     params, _ = benchmark_params(model)
     apply = jax.jit(lambda p, x, m=model: m.apply({'params': p}, x).output)
     flops, compile_s = compiled_flops(apply, params, image)
     outputs[variant] = np.asarray(apply(params, image))
     times, peak_times = time_rounds(apply, (params, image), peak)
-    first = outputs[_VARIANTS.value[0]]
+    first = outputs[jax_variants()[0]]
+    _FIRST_RESULTS.setdefault(f'{height}x{width}', first)
     rows.append(row('inference', f'{height}x{width}', variant, 1, 'image',
                     flops, compile_s, times, peak_times, peak,
                     float(np.max(np.abs(outputs[variant] - first)))))
@@ -207,7 +234,8 @@ def train_config():
   return config
 
 
-def benchmark_train(peak) -> tuple[list[dict], str]:
+def train_setup():
+  """(config, frozen VGG16 or None, batch, note) for the training step."""
   config = train_config()
   try:
     frozen = recnet_task.load_frozen(config)
@@ -219,9 +247,15 @@ def benchmark_train(peak) -> tuple[list[dict], str]:
   b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
   batch = {'input': smooth_image(b, c, c, seed=1),
            'target': smooth_image(b, c, c, seed=2)}
+  return config, frozen, batch, note
+
+
+def benchmark_train(peak) -> tuple[list[dict], str]:
+  config, frozen, batch, note = train_setup()
+  b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
   optimizer = optax.adam(1e-4)
   rows, losses = [], {}
-  for variant in _VARIANTS.value:
+  for variant in jax_variants():
     model = make_model(variant)
     params, _ = benchmark_params(model)
     opt_state = optimizer.init(params)
@@ -241,10 +275,67 @@ def benchmark_train(peak) -> tuple[list[dict], str]:
     times, peak_times = time_rounds(step, args, peak)
     rows.append(row('train step', f'{b}x{c}x{c}', variant, b, 'image', flops,
                     compile_s, times, peak_times, peak,
-                    abs(losses[variant] - losses[_VARIANTS.value[0]])))
+                    abs(losses[variant] - losses[jax_variants()[0]])))
+    _FIRST_RESULTS.setdefault('train', losses[jax_variants()[0]])
     print(f'  done: train {variant} {statistics.median(times):.2f} s',
           flush=True)
   return rows, note
+
+
+def benchmark_official() -> list[dict]:
+  """Rows of the official PyTorch code, or none (with the reason printed)."""
+  if not _OFFICIAL_DIR.value:
+    print('  skipped: official (no --official_dir)')
+    return []
+  why = official_pytorch.missing_requirement(_TORCH_PYTHON.value,
+                                             _OFFICIAL_DIR.value)
+  if why:
+    print(f'  skipped: official ({why})')
+    return []
+  sizes = [timing.parse_size(text) for text in _SIZES.value]
+  config, frozen, batch, _ = train_setup()
+  loss = config.loss
+  _, described = benchmark_params(make_model('fast'))
+  out = official_pytorch.run(
+      _TORCH_PYTHON.value, _OFFICIAL_DIR.value,
+      images=[np.asarray(smooth_image(1, h, w)) for h, w in sizes],
+      train_batch=({k: np.asarray(v) for k, v in batch.items()}
+                   if _TRAIN.value else None),
+      vgg_params=frozen or {},
+      loss_weights=(loss.pixel_weight, loss.ssim_weight, loss.mask_weight,
+                    loss.color_weight, loss.ecr_weight),
+      state_dict_path=_FIXTURE if described.startswith('fixture') else '',
+      nc=_NC.value, rounds=_ROUNDS.value)
+  variant = (f'official (torch {out["torch_version"]}, '
+             f'{int(out["torch_threads"])} threads)')
+  rows = []
+
+  def official_row(task, size, units, seconds, diff):
+    seconds = list(seconds)
+    return {'task': task, 'size': size, 'variant': variant,
+            'median_s': statistics.median(seconds), 'best_s': min(seconds),
+            'units': units, 'unit': 'image', 'flops': float('nan'),
+            'compile_s': float('nan'), 'paired': float('nan'),
+            'memory': '-', 'max_diff': diff, 'load': os.getloadavg()[0],
+            'official': True}
+
+  for i, (h, w) in enumerate(sizes):
+    first = _FIRST_RESULTS.get(f'{h}x{w}')
+    diff = (float(np.max(np.abs(out[f'image_{i}_output'] - first)))
+            if first is not None and described.startswith('fixture')
+            else float('nan'))
+    rows.append(official_row('inference', f'{h}x{w}', 1,
+                             out[f'image_{i}_seconds'], diff))
+  if _TRAIN.value:
+    first = _FIRST_RESULTS.get('train')
+    diff = (abs(float(out['first_train_loss']) - first)
+            if first is not None and described.startswith('fixture')
+            else float('nan'))
+    b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
+    rows.append(official_row('train step', f'{b}x{c}x{c}', b,
+                             out['train_seconds'], diff))
+  print('  done: official', flush=True)
+  return rows
 
 
 def profile_parts(variant: str, height: int, width: int, batch: int) -> None:
@@ -314,28 +405,39 @@ def print_table(rows, peak) -> None:
         f'{len(peak["seconds"])}): {peak_rate / 1e9:.1f} GFLOP/s\n')
   reference = {(r['task'], r['size']): r['median_s'] for r in rows
                if r['variant'] == 'reference'}
+  official = {(r['task'], r['size']): r['median_s'] for r in rows
+              if r.get('official')}
   print('| task | size | variant | median ms | best ms | images/s | '
         'compile s | XLA GFLOP | GFLOP/s | of peak | of peak, paired | '
-        'vs reference | max diff vs first | memory | load 1 min |')
-  print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-        '---:|')
+        'vs reference | vs official | max diff vs first | memory | '
+        'load 1 min |')
+  print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
+        '---|---:|')
+
+  def figure(value, spec):
+    return '-' if np.isnan(value) else format(value, spec)
+
   for r in rows:
     rate = r['flops'] / r['best_s']
     ref = reference.get((r['task'], r['size']))
     speedup = f'{ref / r["median_s"]:.1f}x' if ref else '-'
+    base = official.get((r['task'], r['size']))
+    over_official = f'{base / r["median_s"]:.2f}x' if base else '-'
     print(f'| {r["task"]} | {r["size"]} | {r["variant"]} | '
           f'{r["median_s"] * 1e3:.0f} | {r["best_s"] * 1e3:.0f} | '
-          f'{r["units"] / r["median_s"]:.2f} | {r["compile_s"]:.1f} | '
-          f'{r["flops"] / 1e9:.1f} | {rate / 1e9:.2f} | '
-          f'{rate / peak_rate:.4f} | {r["paired"]:.4f} | {speedup} | '
-          f'{r["max_diff"]:.1e} | {r["memory"]} | {r["load"]:.2f} |')
+          f'{r["units"] / r["median_s"]:.2f} | '
+          f'{figure(r["compile_s"], ".1f")} | '
+          f'{figure(r["flops"] / 1e9, ".1f")} | {figure(rate / 1e9, ".2f")} | '
+          f'{figure(rate / peak_rate, ".4f")} | {figure(r["paired"], ".4f")} | '
+          f'{speedup} | {over_official} | {figure(r["max_diff"], ".1e")} | '
+          f'{r["memory"]} | {r["load"]:.2f} |')
 
 
 def main(argv):
   del argv
   print(timing.describe_machine())
   print(' '.join(['python'] + sys.argv))
-  for variant in _VARIANTS.value:
+  for variant in jax_variants():
     make_model(variant)  # Fails early on a bad name.
   cpu = jax.devices()[0].platform == 'cpu'
   size = _PEAK_SIZE.value or (2048 if cpu else 8192)
@@ -348,17 +450,19 @@ def main(argv):
   if _TRAIN.value:
     train_rows, note = benchmark_train(peak)
     rows += train_rows
+  if OFFICIAL in _VARIANTS.value:
+    rows += benchmark_official()
   print_table(rows, peak)
   print(f'\nRECNet nc={_NC.value}, {_NUM_BLOCKS.value} blocks, '
         f'{_NUM_HEADS.value} heads; params: '
-        f'{benchmark_params(make_model(_VARIANTS.value[0]))[1]}; smooth '
+        f'{benchmark_params(make_model(jax_variants()[0]))[1]}; smooth '
         'random images. '
         f'images/s from median times; "max diff vs first": inference max '
         f'|output - first variant\'s|, training |loss - first variant\'s| '
         f'after one step. {note}')
   if _PROFILE.value:
     height, width = timing.parse_size(_SIZES.value[0])
-    for variant in _VARIANTS.value:
+    for variant in jax_variants():
       profile_parts(variant, height, width, _TRAIN_BATCH.value)
   load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
   print(f'\nload average at end: {load}')

@@ -310,3 +310,80 @@ def test_fast_and_lax_models_agree():
   for got, want in zip(jax.tree.leaves(results['fast'][1]),
                        jax.tree.leaves(results['lax'][1])):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('c_in,c_out,k,pad', [
+    (3, 1, 3, 1),    # RIN's attention convs
+    (3, 8, 3, 1),    # extract
+    (8, 8, 3, 1),    # tails, post_1, refine
+    (16, 8, 3, 1),   # post_0 (as one part)
+    (8, 8, 3, 0),    # VALID
+])
+def test_dense_conv_shift_matches_lax(c_in, c_out, k, pad):
+  rng = np.random.default_rng(c_in * 10 + c_out + pad)
+  x = _uniform(rng, 2, 11, 9, c_in)
+  kernel = _uniform(rng, k, k, c_in, c_out)
+  fast = recnet_conv_ops.dense_conv_shift(x, kernel, pad)
+  ref = recnet_conv_ops.grouped_conv_lax(x, kernel, 1, pad)
+  assert fast.shape == ref.shape
+  np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=1e-5)
+  cotangent = _uniform(rng, *ref.shape)
+  grads = [jax.grad(lambda a, b, f=f: jnp.sum(f(a, b) * cotangent), (0, 1))(
+      x, kernel) for f in (
+          lambda a, b: recnet_conv_ops.dense_conv_shift(a, b, pad),
+          lambda a, b: recnet_conv_ops.grouped_conv_lax(a, b, 1, pad))]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('k', [1, 3])
+def test_conv_of_parts_equals_conv_of_concatenation(k):
+  """A tuple input: one conv per part ('fast') = the concatenation ('lax')."""
+  rng = np.random.default_rng(k)
+  parts = (_uniform(rng, 2, 7, 6, 8), _uniform(rng, 2, 7, 6, 1),
+           _uniform(rng, 2, 7, 6, 3))
+  convs = {impl: recnet.Conv(8, k, conv_impl=impl) for impl in ('fast', 'lax')}
+  params = convs['lax'].init(jax.random.PRNGKey(0), jnp.concatenate(parts, -1))
+  results = {}
+  for impl, conv in convs.items():
+    def loss(p, ps, conv=conv):
+      return jnp.sum(jnp.sin(conv.apply(p, ps)))
+    results[impl] = jax.value_and_grad(loss, (0, 1))(params, parts)
+  np.testing.assert_allclose(results['fast'][0], results['lax'][0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(results['fast'][1]),
+                       jax.tree.leaves(results['lax'][1])):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('nc,heads', [(4, 1), (8, 2), (16, 4)])
+def test_mcsa_cpu_layout_matches_lax(nc, heads):
+  """recnet_mcsa's channel plan, folded attention and pair sums, any width.
+
+  Outputs and every gradient (both inputs and all parameters) of the CPU
+  layout equal the literal formulation's.
+  """
+  rng = np.random.default_rng(nc + heads)
+  x, x_feat = _uniform(rng, 2, 9, 13, nc), _uniform(rng, 2, 9, 13, nc)
+  units = {impl: recnet.MixedScaleAttention(nc, heads, impl)
+           for impl in ('fast', 'lax')}
+  shapes = jax.eval_shape(units['lax'].init, jax.random.PRNGKey(0), x, x_feat)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  for fast_leaf, lax_leaf in zip(
+      jax.tree_util.tree_leaves_with_path(jax.eval_shape(
+          units['fast'].init, jax.random.PRNGKey(0), x, x_feat)),
+      jax.tree_util.tree_leaves_with_path(shapes)):
+    assert fast_leaf[0] == lax_leaf[0] and fast_leaf[1].shape == lax_leaf[1].shape
+  cotangents = (_uniform(rng, 2, 9, 13, nc), _uniform(rng, 2, 9, 13, nc))
+  results = {}
+  for impl, unit in units.items():
+    outputs, vjp = jax.vjp(lambda p, a, b, unit=unit: unit.apply(p, a, b),
+                           params, x, x_feat)
+    results[impl] = (outputs, vjp(cotangents))
+  # Float32 summation order differs (the Gram matrix sums over all pixels):
+  # errors are relative to each tensor's scale.
+  for got, want in zip(jax.tree.leaves(results['fast']),
+                       jax.tree.leaves(results['lax'])):
+    np.testing.assert_allclose(got, want, rtol=1e-5,
+                               atol=1e-5 * float(np.max(np.abs(want))))

@@ -25,19 +25,29 @@ the image area. All convolutions and contractions run at HIGHEST precision so
 that float32 parity holds on accelerators that would otherwise use TF32/bf16.
 
 Speed. XLA:CPU runs grouped / depthwise convolutions (`feature_group_count >
-1`, six per dual block) and the 31x31 single-channel mask blur very slowly:
-they took nearly all of a CPU training step. With `conv_impl='auto'` (the
-default) a CPU therefore computes them differently, with the same results to
-float32 rounding (~1e-7), gradients included:
+1`, six per dual block), convs with few channels and the 31x31 single-channel
+mask blur very slowly, and its fusion turns channel slices, concatenations
+and transposes into loops that recompute their producers. With
+`conv_impl='auto'` (the default) a CPU therefore computes the network
+differently, with the same results to float32 rounding (~1e-7), gradients
+included:
   - a grouped / depthwise k x k conv as a sum of k*k shifted slices of the
     zero-padded input times per-channel weights (`grouped_conv_shift`), which
-    XLA fuses into a few elementwise loops;
+    XLA fuses into a few elementwise loops; dense convs whose channel counts
+    multiply to at most 128 the same way (`dense_conv_shift`, with the lax
+    conv's gradients);
+  - a conv of a channel concatenation as the sum of one conv per part
+    (`Conv` given a tuple), since a fused concatenation is a per-element
+    select;
+  - MCSA laid out so that each large tensor is computed once
+    (`recnet_mcsa.mixed_scale_attention`);
   - the mask blur as an FFT convolution with the same zero padding
     (`blur_fft`); the blur kernel is a learnable, in general non-separable,
     31x31 parameter, so a separable pair of 1-D convs would not be exact.
-Other backends keep `lax.conv_general_dilated` ('lax'), the straightforward
-formulation that the CPU one is tested against (tests/test_recnet_parity.py);
-both live in `recnet_conv_ops.py`, and benchmarks/recnet_speed.py times them.
+Other backends keep `lax.conv_general_dilated` and the literal structure
+('lax'), the straightforward formulation that the CPU one is tested against
+(tests/test_recnet_parity.py); benchmarks/recnet_speed.py times both against
+each other and against the official PyTorch code.
 """
 
 import functools
@@ -49,8 +59,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from expcorr_jax.models import recnet_mcsa
 from expcorr_jax.models.recnet_conv_ops import blur_fft
 from expcorr_jax.models.recnet_conv_ops import blur_lax
+from expcorr_jax.models.recnet_conv_ops import DENSE_SHIFT_MAX_CHANNEL_PRODUCT
+from expcorr_jax.models.recnet_conv_ops import dense_conv_shift
 from expcorr_jax.models.recnet_conv_ops import grouped_conv_lax
 from expcorr_jax.models.recnet_conv_ops import grouped_conv_shift
 
@@ -97,9 +110,10 @@ class Conv(nn.Module):
     groups: feature groups (torch `groups`; depthwise when = in channels).
     use_bias: add a bias.
     padding: zero padding on each side; None for kernel_size // 2.
-    conv_impl: how a grouped conv (groups > 1) runs: 'fast'
-      (`grouped_conv_shift`), 'lax' (`grouped_conv_lax`) or 'auto' ('fast' on
-      a CPU, 'lax' elsewhere). Ungrouped convs always use lax.
+    conv_impl: 'fast' (grouped convs as `grouped_conv_shift`, dense k > 1
+      convs with few channels as `dense_conv_shift`, a tuple input as one
+      conv per part), 'lax' (`grouped_conv_lax` on the concatenated input)
+      or 'auto' ('fast' on a CPU, 'lax' elsewhere).
   """
   features: int
   kernel_size: int
@@ -110,26 +124,77 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k, in_ch = self.kernel_size, x.shape[-1]
-    if in_ch % self.groups or self.features % self.groups:
-      raise ValueError(f'channels {in_ch}->{self.features} not divisible by '
-                       f'groups={self.groups}')
-    fan_in = k * k * (in_ch // self.groups)
-    bound = 1.0 / math.sqrt(fan_in)
+    """Convolves x, or the channel concatenation of a sequence of arrays.
 
-    def init(key, shape):
-      return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-    kernel = self.param('kernel', init, (k, k, in_ch // self.groups,
-                                         self.features))
+    Given a sequence, a CPU with the fast formulations sums one conv per part
+    (kernel rows split to match) instead of concatenating: XLA:CPU fuses a
+    concatenation into the conv's loop as a per-element select, several
+    times slower than the conv itself.
+    """
+    parts = tuple(x) if isinstance(x, (list, tuple)) else (x,)
+    k = self.kernel_size
+    in_ch = sum(part.shape[-1] for part in parts)
+    kernel, bias = _conv_params(self, in_ch, self.features, k, self.groups,
+                                self.use_bias)
     pad = k // 2 if self.padding is None else self.padding
-    if self.groups > 1 and _use_fast(self.conv_impl):
-      y = grouped_conv_shift(x, kernel, self.groups, pad)
-    else:
-      y = grouped_conv_lax(x, kernel, self.groups, pad)
+    fast = _use_fast(self.conv_impl)
+    if len(parts) > 1 and (self.groups > 1 or not fast):
+      parts = (jnp.concatenate(parts, axis=-1),)
+    y, offset = None, 0
+    for part in parts:
+      c = part.shape[-1]
+      term = self._conv_part(part, kernel[:, :, offset:offset + c], pad, fast)
+      y, offset = term if y is None else y + term, offset + c
     if self.use_bias:
-      y = y + self.param('bias', init, (self.features,)).astype(x.dtype)
+      y = y + bias.astype(y.dtype)
     return y
+
+  def _conv_part(self, x, kernel, pad, fast):
+    """One input's conv, by the fastest formulation for its shape."""
+    if fast and self.groups > 1:
+      return grouped_conv_shift(x, kernel, self.groups, pad)
+    if (fast and self.kernel_size > 1 and x.shape[-1] * self.features
+        <= DENSE_SHIFT_MAX_CHANNEL_PRODUCT):
+      return dense_conv_shift(x, kernel, pad)
+    return grouped_conv_lax(x, kernel, self.groups, pad)
+
+
+def _conv_params(module: nn.Module, in_ch: int, features: int,
+                 kernel_size: int, groups: int = 1, use_bias: bool = True
+                 ) -> tuple[jax.Array, jax.Array | None]:
+  """(kernel, bias or None) of a conv, created in `module` as `Conv` does.
+
+  Both are initialised U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as
+  torch.nn.Conv2d does.
+  """
+  if in_ch % groups or features % groups:
+    raise ValueError(f'channels {in_ch}->{features} not divisible by '
+                     f'groups={groups}')
+  bound = 1.0 / math.sqrt(kernel_size * kernel_size * (in_ch // groups))
+
+  def init(key, shape):
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+  kernel = module.param('kernel', init, (kernel_size, kernel_size,
+                                         in_ch // groups, features))
+  bias = module.param('bias', init, (features,)) if use_bias else None
+  return kernel, bias
+
+
+class ConvParams(nn.Module):
+  """A `Conv`'s parameters alone (same names, shapes and initialisation).
+
+  For code that computes with the kernels itself (the CPU layout of MCSA,
+  `recnet_mcsa`) while keeping the official parameter tree.
+  """
+  features: int
+  kernel_size: int
+  groups: int = 1
+
+  @nn.compact
+  def __call__(self, in_ch: int) -> tuple[jax.Array, jax.Array]:
+    return _conv_params(self, in_ch, self.features, self.kernel_size,
+                        self.groups)
 
 
 def _conv(features: int, kernel: int, *, groups: int = 1, use_bias: bool = True,
@@ -167,10 +232,13 @@ class MaskPredictor(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    # lax convs on a CPU too: an edge pad fused into a shift sum's taps (or
+    # a shift sum computed into an edge-padded layout) runs several times
+    # slower than XLA's conv (360 against ~90 ms at 540x960).
+    conv = functools.partial(_conv, padding=0, conv_impl='lax')
     for i in range(3):
-      x = nn.relu(_replicate_conv(
-          _conv(self.nc, 3, padding=0, name=f'conv_{i}'), x))
-    x = _replicate_conv(_conv(1, 3, padding=0, name='conv_3'), x)
+      x = nn.relu(_replicate_conv(conv(self.nc, 3, name=f'conv_{i}'), x))
+    x = _replicate_conv(conv(1, 3, name='conv_3'), x)
     return nn.sigmoid(x)
 
 
@@ -212,17 +280,17 @@ class RegionInstanceNorm(nn.Module):
     outs = []
     for i, m in enumerate(masks):
       mid = x * m
-      stats = jnp.concatenate(
-          [jnp.mean(mid, -1, keepdims=True), jnp.max(mid, -1, keepdims=True),
-           m], axis=-1)
+      stats = (jnp.mean(mid, -1, keepdims=True),
+               jnp.max(mid, -1, keepdims=True), m)  # Concatenated.
       attention = nn.sigmoid(
-          _conv(1, 3, use_bias=False, name=f'attention_{i}')(stats))
+          _conv(1, 3, use_bias=False, conv_impl=self.conv_impl,
+                name=f'attention_{i}')(stats))
       normed = _instance_norm(mid * attention, scale, bias)
-      outs.append(_conv(self.nc, 3, use_bias=False, name=f'tail_{i}')(normed))
-    out1 = _conv(self.nc, 1, name='fuse_1')(
-        jnp.concatenate([outs[0], outs[2]], -1))
-    out2 = _conv(self.nc, 1, name='fuse_2')(
-        jnp.concatenate([outs[1], outs[2]], -1))
+      outs.append(_conv(self.nc, 3, use_bias=False, conv_impl=self.conv_impl,
+                        name=f'tail_{i}')(normed))
+    conv = functools.partial(_conv, conv_impl=self.conv_impl)
+    out1 = conv(self.nc, 1, name='fuse_1')((outs[0], outs[2]))
+    out2 = conv(self.nc, 1, name='fuse_2')((outs[1], outs[2]))
     return (1.0 - alpha) * out1 + alpha * out2
 
 
@@ -268,6 +336,22 @@ class MixedScaleAttention(nn.Module):
     conv = functools.partial(_conv, conv_impl=self.conv_impl)
     temperature = self.param('temperature', nn.initializers.ones,
                              (self.num_heads,))
+    if _use_fast(self.conv_impl):
+      shapes = {  # (features, kernel size, groups, input channels)
+          'project_in': (2 * nc, 1, 1, nc),
+          'local_dw3': (2 * nc, 3, 2 * nc, 2 * nc),
+          'local_dw5': (2 * nc, 5, 2 * nc, 2 * nc),
+          'local_mix3': (nc, 3, nc, 2 * nc),
+          'local_mix5': (nc, 5, nc, 2 * nc),
+          'project_out': (nc, 1, 1, 2 * nc),
+          'global_dw3': (nc, 3, nc, nc),
+          'global_dw5': (nc, 5, nc, nc),
+          'project_global': (nc, 1, 1, 2 * nc),
+      }
+      weights = {name: ConvParams(f, k, g, name=name)(c)
+                 for name, (f, k, g, c) in shapes.items()}
+      return recnet_mcsa.mixed_scale_attention(x, x_feat, weights,
+                                               temperature, self.num_heads)
     proj = conv(2 * nc, 1, name='project_in')(x)
     a3 = nn.relu(conv(2 * nc, 3, groups=2 * nc, name='local_dw3')(proj))
     a5 = nn.relu(conv(2 * nc, 5, groups=2 * nc, name='local_dw5')(proj))
@@ -301,12 +385,11 @@ class DualBlock(nn.Module):
                                 conv_impl=self.conv_impl, name='rin')(x, mask)
     x_local, x_global = MixedScaleAttention(
         self.nc, self.num_heads, self.conv_impl, name='mcsa')(x_norm, x)
-    x_l = _conv(self.nc, 1, name='fuse_local')(
-        jnp.concatenate([x_norm, x_local], -1))
-    x_g = _conv(self.nc, 1, name='fuse_global')(
-        jnp.concatenate([x_norm, x_global], -1))
-    y = _conv(self.nc, 3, name='post_0')(jnp.concatenate([x_l, x_g], -1))
-    y = _conv(self.nc, 3, name='post_1')(nn.leaky_relu(y, 0.1))
+    conv = functools.partial(_conv, conv_impl=self.conv_impl)
+    x_l = conv(self.nc, 1, name='fuse_local')((x_norm, x_local))
+    x_g = conv(self.nc, 1, name='fuse_global')((x_norm, x_global))
+    y = conv(self.nc, 3, name='post_0')((x_l, x_g))
+    y = conv(self.nc, 3, name='post_1')(nn.leaky_relu(y, 0.1))
     return y + x
 
 
@@ -320,17 +403,19 @@ class Refine(nn.Module):
   nc: int
   out_channels: int = 3
   reduction: int = 4
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    x = _conv(self.nc, 3, name='conv_in')(x)
-    y = _conv(self.nc, 3, name='ca_conv_0')(x)
-    y = _conv(self.nc, 3, name='ca_conv_1')(nn.relu(y))
+    conv = functools.partial(_conv, conv_impl=self.conv_impl)
+    x = conv(self.nc, 3, name='conv_in')(x)
+    y = conv(self.nc, 3, name='ca_conv_0')(x)
+    y = conv(self.nc, 3, name='ca_conv_1')(nn.relu(y))
     pooled = jnp.mean(y, axis=(1, 2), keepdims=True)
-    z = nn.relu(_conv(self.nc // self.reduction, 1, name='ca_down')(pooled))
-    z = nn.sigmoid(_conv(self.nc, 1, name='ca_up')(z))
+    z = nn.relu(conv(self.nc // self.reduction, 1, name='ca_down')(pooled))
+    z = nn.sigmoid(conv(self.nc, 1, name='ca_up')(z))
     x = z * pooled + x
-    return _conv(self.out_channels, 3, name='conv_out')(x)
+    return conv(self.out_channels, 3, name='conv_out')(x)
 
 
 class RECNetOutput(NamedTuple):
@@ -373,15 +458,17 @@ class RECNet(nn.Module):
     if self.nc % self.num_heads:
       raise ValueError(f'nc={self.nc} is not divisible by '
                        f'num_heads={self.num_heads}')
-    pre = _conv(self.nc, 3, name='extract')(x)
+    pre = _conv(self.nc, 3, conv_impl=self.conv_impl, name='extract')(x)
     mask = MaskPredictor(self.nc, name='mask_predictor')(pre)
     feats, h = [], pre
     for i in range(self.num_blocks):
       h = DualBlock(self.nc, self.num_heads, self.blur_size, self.conv_impl,
                     name=f'block_{i + 1}')(h, mask)
       feats.append(h)
-    merged = _conv(self.nc, 1, name='merge')(jnp.concatenate(feats, -1))
-    y = Refine(self.nc, 3, self.reduction, name='refine')(merged)
+    merged = _conv(self.nc, 1, conv_impl=self.conv_impl,
+                   name='merge')(tuple(feats))
+    y = Refine(self.nc, 3, self.reduction, self.conv_impl,
+               name='refine')(merged)
     out = jnp.clip(y + 1e-5, 0.0, 1.0)
     return RECNetOutput(out, mask, pre, tuple(feats))
 

@@ -107,14 +107,23 @@ def _grouped_conv_shift_bwd(groups, pad, residuals, g):
     dx = _shift_sum(g, kernel_t, groups)[:, -q:h - q, -q:w - q, :]
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   _, h_out, w_out, _ = g.shape
-  taps = []
+  products = []
   for i in range(per_in):
     xi = _gather_inputs(xp, groups, per_out, i)
     for dy in range(k):
       for dx_ in range(k):
-        prod = xi[:, dy:dy + h_out, dx_:dx_ + w_out, :] * g
-        taps.append(jnp.sum(jnp.sum(prod, axis=(0, 1)), axis=0))
-  dkernel = jnp.stack(taps).reshape(per_in, k, k, c_out).transpose(1, 2, 0, 3)
+        products.append(xi[:, dy:dy + h_out, dx_:dx_ + w_out, :] * g)
+  # One variadic reduction over H for all taps: a single pass over x and g,
+  # then a small sum over (N, W). Separate per-tap sums cost a pass each
+  # (and XLA:CPU's library fusions copy each shifted slice out first), and
+  # reducing over (N, H) at once vectorises worse: 158, 37 and 19 ms for a
+  # 32-channel 5x5 depthwise conv at 8x128x128.
+  zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
+  partial = jax.lax.reduce(
+      tuple(products), zeros,
+      lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
+  dkernel = jnp.stack(partial).sum(axis=(1, 2))
+  dkernel = dkernel.reshape(per_in, k, k, c_out).transpose(1, 2, 0, 3)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -144,6 +153,54 @@ def grouped_conv_shift(x: jax.Array, kernel: jax.Array, groups: int,
     raise ValueError(f'kernel {kernel.shape} does not fit input {x.shape} '
                      f'with groups={groups}')
   return _grouped_conv_shift(x, kernel, groups, pad)
+
+
+# Dense convs whose channel counts multiply to at most this run as shift sums
+# on a CPU: XLA:CPU's conv is slow for so few channels (a 3x3 conv 3->1 took
+# 15 ms at 540x960, 0.9 ms as a shift sum; 8->8 24 ms against 15), and
+# faster from 16->16 on (13 against 41 ms at 270x960).
+DENSE_SHIFT_MAX_CHANNEL_PRODUCT = 128
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_conv_shift(x, kernel, pad):
+  xp = jax.lax.optimization_barrier(
+      jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))))
+  return _shift_sum(xp, kernel.astype(x.dtype), 1)
+
+
+def _dense_conv_shift_fwd(x, kernel, pad):
+  return _dense_conv_shift(x, kernel, pad), (x, kernel)
+
+
+def _dense_conv_shift_bwd(pad, residuals, g):
+  """The lax conv's own gradients: for a dense conv they beat shift sums.
+
+  XLA:CPU's backward convolutions run these shapes well, while the kernel
+  gradient as per-tap reductions (`_grouped_conv_shift_bwd`) or as dots over
+  all pixels costs several times more (8->8 at 8x128x128: 10 ms against 26
+  to 58).
+  """
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x_, k_: grouped_conv_lax(x_, k_, 1, pad), x, kernel)
+  return vjp(g)
+
+
+_dense_conv_shift.defvjp(_dense_conv_shift_fwd, _dense_conv_shift_bwd)
+
+
+def dense_conv_shift(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """An ungrouped conv (`grouped_conv_lax` with groups=1) as a shift sum.
+
+  The forward pass is `grouped_conv_shift`'s sum of k*k shifted slices per
+  input channel; the gradients are the lax conv's (see
+  `_dense_conv_shift_bwd`). Meant for few channels (see
+  `DENSE_SHIFT_MAX_CHANNEL_PRODUCT`): the work is c_in * k * k multiplies
+  per output value, vectorised over the output channels.
+  """
+  if kernel.shape[2] != x.shape[-1] or kernel.shape[0] != kernel.shape[1]:
+    raise ValueError(f'kernel {kernel.shape} does not fit input {x.shape}')
+  return _dense_conv_shift(x, kernel, pad)
 
 
 def blur_lax(m: jax.Array, kernel: jax.Array) -> jax.Array:
