@@ -22,7 +22,7 @@ split as the scene records of the earlier layout, with each frame a
 
 import dataclasses
 import hashlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import grain
 import numpy as np
@@ -187,24 +187,46 @@ class TiledFrame:
             row * grid(self.shape[0], self.shape[1], self.tile)[1] + col)
 
 
+class CropBox(NamedTuple):
+  """A crop box of a frame, and whether the crop is flipped."""
+  top: int
+  left: int
+  height: int
+  width: int
+  flip_lr: bool = False
+  flip_ud: bool = False
+
+
 def crop_frames(frames: Sequence[TiledFrame], top: int, left: int,
                 height: int, width: int, *, flip_lr: bool = False,
                 flip_ud: bool = False) -> list[np.ndarray]:
   """The same box of several frames of one split (see `TiledFrame.crop`),
   their tiles fetched in one read: from a bucket, one round trip for all."""
+  box = CropBox(top, left, height, width, flip_lr, flip_ud)
+  return crop_frames_in_boxes(frames, [box] * len(frames))
+
+
+def crop_frames_in_boxes(frames: Sequence[TiledFrame],
+                         boxes: Sequence[CropBox]) -> list[np.ndarray]:
+  """Each frame's own box (frames of one split, e.g. of two scenes), all
+  their tiles fetched in one read: from a bucket, one round trip."""
+  if len(frames) != len(boxes):
+    raise ValueError(f'{len(frames)} frames but {len(boxes)} boxes.')
   if any(frame.tiles is not frames[0].tiles for frame in frames):
     raise ValueError('crop_frames reads frames of one split only.')
-  wanted = [frame.tiles_of_box(top, left, height, width) for frame in frames]
+  wanted = [frame.tiles_of_box(box.top, box.left, box.height, box.width)
+            for frame, box in zip(frames, boxes)]
   tiles = iter(frames[0].tiles.read(
       [frame.record_of(row, col)
-       for frame, boxes in zip(frames, wanted) for row, col in boxes]))
+       for frame, cells in zip(frames, wanted) for row, col in cells]))
   crops = []
-  for frame, boxes in zip(frames, wanted):
+  for frame, box, cells in zip(frames, boxes, wanted):
+    top, left, height, width = box.top, box.left, box.height, box.width
     frame_height, frame_width, channels = frame.shape
     stored = _DTYPES[frame.dtype]
     out = np.empty((height, width, channels), frame.dtype)
-    view = out[::-1 if flip_ud else 1, ::-1 if flip_lr else 1]
-    for row, col in boxes:
+    view = out[::-1 if box.flip_ud else 1, ::-1 if box.flip_lr else 1]
+    for row, col in cells:
       tile_top, tile_left = row * frame.tile, col * frame.tile
       tile_height = min(frame.tile, frame_height - tile_top)
       tile_width = min(frame.tile, frame_width - tile_left)

@@ -94,10 +94,12 @@ def _fit_to_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
                          max(crop_size, round(height * scale)))
 
 
-def crop_and_flip(images: Sequence[np.ndarray | tiled_frames.TiledFrame],
-                  rng: np.random.Generator, crop_size: int | None,
-                  flip: bool, resize_to: int | None = None
-                  ) -> list[np.ndarray]:
+Frames = Sequence[np.ndarray | tiled_frames.TiledFrame]
+
+
+def crop_and_flip(images: Frames, rng: np.random.Generator,
+                  crop_size: int | None, flip: bool,
+                  resize_to: int | None = None) -> list[np.ndarray]:
   """One random crop box and flip, shared by images of one scene.
 
   Images are arrays or stored frames (`as_frame`); a stored frame decodes
@@ -108,16 +110,50 @@ def crop_and_flip(images: Sequence[np.ndarray | tiled_frames.TiledFrame],
   ignored (UEC's official radiometry loader: 448); it draws no random
   number, so the crops and flips are as without it.
   """
+  return crop_and_flip_groups([images], rng, crop_size, flip, resize_to)[0]
+
+
+def crop_and_flip_groups(groups: Sequence[Frames], rng: np.random.Generator,
+                         crop_size: int | None, flip: bool,
+                         resize_to: int | None = None
+                         ) -> list[list[np.ndarray]]:
+  """`crop_and_flip` of each group in turn (e.g. two scenes of a sample).
+
+  The same random numbers in the same order as one call per group, so the
+  same crops; but when every frame is stored (tiles of one split), all
+  groups' tiles are fetched in one read: from a bucket, one round trip for
+  the whole sample instead of one per group.
+  """
+  plans = [_plan_crop(images, rng, crop_size, flip, resize_to)
+           for images in groups]
+  stored = [image for plan in plans for image in plan[0]]
+  if (crop_size and stored and
+      all(isinstance(image, tiled_frames.TiledFrame) for image in stored) and
+      all(image.tiles is stored[0].tiles for image in stored)):
+    boxes = [box for images, box in plans for _ in images]
+    crops = iter(tiled_frames.crop_frames_in_boxes(stored, boxes))
+    return [[next(crops) for _ in images] for images, _ in plans]
+  return [_crop(images, box, crop_size) for images, box in plans]
+
+
+def _plan_crop(images: Frames, rng: np.random.Generator,
+               crop_size: int | None, flip: bool, resize_to: int | None
+               ) -> tuple[list[Any], tiled_frames.CropBox]:
+  """(images, box): the random box and flips of one group, drawn in the
+  order `crop_and_flip` always drew them, and its images (decoded when the
+  whole frame is needed)."""
   shapes = {tuple(image.shape) for image in images}
   if len(shapes) != 1:
     raise ValueError(f'Frames of one scene differ in size: {sorted(shapes)}.')
   height, width = next(iter(shapes))[:2]
+  images = list(images)
   if resize_to or not crop_size or min(height, width) < crop_size:
     # The whole frame is needed (resized, upscaled or kept whole).
     images = [decode(image) if isinstance(image, tiled_frames.TiledFrame)
               else image for image in images]
   if resize_to:
     images = [resize_bilinear(image, resize_to, resize_to) for image in images]
+  top = left = 0
   if crop_size:
     images = [_fit_to_crop(image, crop_size) for image in images]
     height, width = images[0].shape[:2]
@@ -125,17 +161,24 @@ def crop_and_flip(images: Sequence[np.ndarray | tiled_frames.TiledFrame],
     left = int(rng.integers(width - crop_size + 1))
   flip_lr = flip and rng.random() < 0.5
   flip_ud = flip and rng.random() < 0.5
+  size = crop_size or 0
+  return images, tiled_frames.CropBox(top, left, size, size, flip_lr, flip_ud)
+
+
+def _crop(images: list[Any], box: tiled_frames.CropBox,
+          crop_size: int | None) -> list[np.ndarray]:
+  """The planned crops of one group, arrays and stored frames alike."""
   if not crop_size:
-    return [_flipped(image, flip_lr, flip_ud) for image in images]
+    return [_flipped(image, box.flip_lr, box.flip_ud) for image in images]
   if all(isinstance(image, tiled_frames.TiledFrame) for image in images):
     # Stored frames of one scene: their tiles in one read.
-    return tiled_frames.crop_frames(images, top, left, crop_size, crop_size,
-                                    flip_lr=flip_lr, flip_ud=flip_ud)
-  return [image.crop(top, left, crop_size, crop_size, flip_lr=flip_lr,
-                     flip_ud=flip_ud)
+    return tiled_frames.crop_frames_in_boxes(images, [box] * len(images))
+  top, left = box.top, box.left
+  return [image.crop(top, left, crop_size, crop_size, flip_lr=box.flip_lr,
+                     flip_ud=box.flip_ud)
           if isinstance(image, tiled_frames.TiledFrame) else _flipped(
-              image[top:top + crop_size, left:left + crop_size], flip_lr,
-              flip_ud) for image in images]
+              image[top:top + crop_size, left:left + crop_size],
+              box.flip_lr, box.flip_ud) for image in images]
 
 
 def _flipped(image: np.ndarray, flip_lr: bool, flip_ud: bool) -> np.ndarray:

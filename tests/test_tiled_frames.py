@@ -91,6 +91,32 @@ def test_a_crop_reads_only_the_tiles_it_touches():
         crop, frame.crop(130, 250, 448, 448, flip_lr=True))
 
 
+def test_two_scenes_crops_in_one_read():
+  """A UEC sample's two scenes (own boxes and flips): one read for all
+  their tiles, the same crops and random draws as one call per scene."""
+  rng = np.random.default_rng(1)
+  frames = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+            for _ in range(4)]
+  scenes, tiles = _stored(frames, tile=64)
+  stored = list(scenes[0]['frames'])
+  groups = [stored[:2], stored[2:]]
+  tiles.calls = 0
+  together = input_pipeline.crop_and_flip_groups(
+      groups, np.random.default_rng(7), 96, True)
+  assert tiles.calls == 1
+  draws = np.random.default_rng(7)
+  apart = [input_pipeline.crop_and_flip(group, draws, 96, True)
+           for group in groups]
+  arrays = np.random.default_rng(7)
+  from_arrays = [input_pipeline.crop_and_flip(
+      [frames[i] for i in range(2 * g, 2 * g + 2)], arrays, 96, True)
+                 for g in range(2)]
+  for group, group_apart, group_arrays in zip(together, apart, from_arrays):
+    for crop, crop_apart, crop_array in zip(group, group_apart, group_arrays):
+      np.testing.assert_array_equal(crop, crop_apart)
+      np.testing.assert_array_equal(crop, crop_array)
+
+
 def test_a_damaged_tile_is_named():
   scenes, tiles = _stored([np.zeros((10, 10, 3), np.uint8)])
   tiles.records[0] = b'short'

@@ -107,12 +107,13 @@ class UECSample(grain.transforms.RandomMap):
     if self.with_normal:
       normal_frame = int(np.argmin(np.abs(evs)))
       scene_frames.append(frame(frames[normal_frame]))
-    # One crop box and flip for every frame of the scene.
-    image_in, image_target, *normal = input_pipeline.crop_and_flip(
-        scene_frames, rng, self.crop_size, self.flip, self.resize_to)
-    ref_lo, ref_hi = input_pipeline.crop_and_flip(
-        [frame(other_record['frames'][lo]), frame(other_record['frames'][hi])],
-        rng, self.crop_size, self.flip, self.resize_to)
+    # One crop box and flip for every frame of a scene; both scenes' tiles
+    # are read at once (one round trip to a bucket per sample).
+    (image_in, image_target, *normal), (ref_lo, ref_hi) = (
+        input_pipeline.crop_and_flip_groups(
+            [scene_frames, [frame(other_record['frames'][lo]),
+                            frame(other_record['frames'][hi])]],
+            rng, self.crop_size, self.flip, self.resize_to))
     sample = {
         'input': image_in, 'target': image_target,
         'ref_lo': ref_lo, 'ref_hi': ref_hi,
