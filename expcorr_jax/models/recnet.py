@@ -277,18 +277,16 @@ class RegionInstanceNorm(nn.Module):
     # Both masks in one call: one pass over the FFT / conv machinery.
     blurred = blur(jnp.concatenate([mask, 1.0 - mask], -1), kernel)
     masks = (blurred[..., :1], blurred[..., 1:], jnp.ones_like(mask))
+    conv = functools.partial(_conv, conv_impl=self.conv_impl)
     outs = []
     for i, m in enumerate(masks):
       mid = x * m
       stats = (jnp.mean(mid, -1, keepdims=True),
                jnp.max(mid, -1, keepdims=True), m)  # Concatenated.
       attention = nn.sigmoid(
-          _conv(1, 3, use_bias=False, conv_impl=self.conv_impl,
-                name=f'attention_{i}')(stats))
+          conv(1, 3, use_bias=False, name=f'attention_{i}')(stats))
       normed = _instance_norm(mid * attention, scale, bias)
-      outs.append(_conv(self.nc, 3, use_bias=False, conv_impl=self.conv_impl,
-                        name=f'tail_{i}')(normed))
-    conv = functools.partial(_conv, conv_impl=self.conv_impl)
+      outs.append(conv(self.nc, 3, use_bias=False, name=f'tail_{i}')(normed))
     out1 = conv(self.nc, 1, name='fuse_1')((outs[0], outs[2]))
     out2 = conv(self.nc, 1, name='fuse_2')((outs[1], outs[2]))
     return (1.0 - alpha) * out1 + alpha * out2

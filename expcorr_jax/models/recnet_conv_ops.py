@@ -164,9 +164,8 @@ DENSE_SHIFT_MAX_CHANNEL_PRODUCT = 128
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_conv_shift(x, kernel, pad):
-  xp = jax.lax.optimization_barrier(
-      jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))))
-  return _shift_sum(xp, kernel.astype(x.dtype), 1)
+  # The grouped shift sum with one group; its own VJP is not used here.
+  return _grouped_conv_shift(x, kernel, 1, pad)
 
 
 def _dense_conv_shift_fwd(x, kernel, pad):

@@ -14,19 +14,20 @@ parameters, arranged so that every large tensor is produced once, by one
 fusion that vectorises over contiguous channels:
 
   - One projection makes 4 nc channels, in the order the mix convs consume
-    them: [X0, X1, Y0, Y1], where X_i[g] is the i-th input of mix-3x3 group g
+    them: [X0, Y0, X1, Y1], where X_i[g] is the i-th input of mix-3x3 group g
     (a query channel of scale 3 or 5) and Y_i[g] that of mix-5x5 group g (a
     key channel). One depthwise 5x5 conv over all 4 nc channels computes both
     scales (the 3x3 kernels zero-padded to 5x5); its output A is padded once
     and read by the mix conv and by the attention.
-  - Both mix convs are one depthwise 5x5 conv over A, whose channel pairs
-    (X0[g], X1[g]) and (Y0[g], Y1[g]) are then summed.
+  - Both mix convs are one depthwise 5x5 conv over A; the pair partners
+    (X0[g], X1[g]) and (Y0[g], Y1[g]) lie in A's two halves, which are then
+    added.
   - The attention's logits q k^T of both scales and all heads come from one
     Gram matrix A^T A over pixels (the cross-head entries are masked out of
     the softmax); its output softmax(q k^T) v is linear in v, so the softmax
     weights and the 1x1 `project_global` fold into one (2 nc -> nc) kernel
     applied to the two value convs' outputs, which one depthwise conv
-    computes interleaved.
+    computes over two copies of the block input.
 
 Results equal the lax formulation up to float32 summation order (tests:
 tests/test_recnet_parity.py, official fixtures and the lax path, gradients
@@ -40,12 +41,6 @@ import numpy as np
 from expcorr_jax.models.recnet_conv_ops import grouped_conv_shift
 
 _PRECISION = jax.lax.Precision.HIGHEST
-
-# weights: unit name -> (kernel HWIO, bias), the official MCSA's convs under
-# the names recnet.MixedScaleAttention gives them.
-UNITS = ('project_in', 'local_dw3', 'local_dw5', 'local_mix3', 'local_mix5',
-         'project_out', 'global_dw3', 'global_dw5', 'project_global')
-
 
 def _opaque_zero_pad(x: jax.Array, pad: int) -> jax.Array:
   """x zero-padded by `pad` on H and W, written so XLA keeps it one array.
@@ -77,8 +72,7 @@ def _channel_plan(nc: int):
     (source, is_scale3, query_position, key_position): for channel a of A,
     the projection channel it depthwise-convolves and whether with the 3x3
     (else the 5x5) kernel; for the concatenated queries Q = [q3, q5] and
-    keys K = [k3, k5] (2 nc each), the channel of A (queries) or of A's
-    second half (keys) holding each.
+    keys K = [k3, k5] (2 nc each), the channel of A holding each.
   """
   # Q[j] is query channel j of [q3, q5]: a3 (3x3) channel j for j < nc, else
   # a5 (5x5) channel j - nc; a3 and a5 both convolve projection channel j
@@ -109,7 +103,9 @@ def mixed_scale_attention(x: jax.Array, x_feat: jax.Array,
   Args:
     x: the RIN output, (N, H, W, nc).
     x_feat: the block input, (N, H, W, nc).
-    weights: `UNITS` name -> (HWIO kernel, bias) in the official shapes.
+    weights: MCSA conv name, as `recnet.MixedScaleAttention` names its
+      convs (project_in, local_dw3, ...) -> (HWIO kernel, bias), in the
+      official shapes.
     temperature: (num_heads,) logit multipliers.
     num_heads: attention heads; must divide nc.
 
