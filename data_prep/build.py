@@ -2,11 +2,21 @@ r"""Builds the TFDS datasets (array_record) and opens them for training.
 
   python -m data_prep.build --dataset=multi_exposure/sample --data_dir=DIR
   python -m data_prep.build --dataset=msec --data_dir=DIR --manual_dir=MSEC_DIR
+  python -m data_prep.build --dataset=multi_exposure/raw --data_dir=DIR \
+      --manual_dir=RAW_DIR \
+      --beam_pipeline_options=direct_num_workers=2,direct_running_mode=multi_processing
 
 Datasets: multi_exposure/{sample,raw,raw_radiometry,raw_16bit,rendered},
 mixed_exposure/{sample,raw}, msec, sice, lcdp, lol/{v1,v2_real,v2_synthetic}
 (see data_prep/datasets/).
 Importing this module registers them all with TFDS.
+
+The RAW-rendering builds (multi_exposure/{sample,raw,raw_radiometry,
+raw_16bit}, mixed_exposure/{sample,raw}) render on Apache Beam when given
+`--beam_pipeline_options` (TFDS's flag and syntax: comma-separated Beam
+options without the leading dashes; needs the `.[beam]` extra): on the
+DirectRunner's processes, or Dataflow, Flink or Spark. They write the same
+dataset as a local build (`data_prep/datasets/raw_beam.py`).
 
 Why a build cannot leave a half dataset that looks complete: TFDS writes into
 `<data_dir>/<name>/<config>/incomplete.<random>_<version>/` and renames it to
@@ -34,7 +44,8 @@ import re
 import shlex
 import shutil
 import tempfile
-from typing import Iterator, Sequence
+import uuid
+from typing import Any, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -51,6 +62,7 @@ from data_prep.datasets import lol  # pylint: disable=unused-import
 from data_prep.datasets import mixed_exposure  # pylint: disable=unused-import
 from data_prep.datasets import msec  # pylint: disable=unused-import
 from data_prep.datasets import multi_exposure  # pylint: disable=unused-import
+from data_prep.datasets import raw_scenes
 from data_prep.datasets import sice  # pylint: disable=unused-import
 
 tfds_spill.install()  # Splits over 1 GB spill to disk without TensorFlow.
@@ -58,8 +70,50 @@ tfds_spill.install()  # Splits over 1 GB spill to disk without TensorFlow.
 DATASETS = ('multi_exposure', 'mixed_exposure', 'msec', 'sice', 'lcdp', 'lol')
 FILE_FORMAT = 'array_record'
 STAGING_DIR_VARIABLE = 'EXPCORR_STAGING_DIR'
+BEAM_STAGING_FOLDER = '.beam_staging'  # In a bucket data_dir; see below.
 # TFDS writes it last and takes a version folder without it for unprepared.
 _DATASET_INFO = 'dataset_info.json'
+
+
+def beam_options(text: str | None):
+  """Beam `PipelineOptions` from TFDS's `--beam_pipeline_options` syntax
+  ('runner=DataflowRunner,project=P,...'), or None for no text.
+
+  Raises:
+    ValueError: Beam is not installed (the message gives the install), or
+      an option is unknown to Beam (a typo would otherwise be dropped).
+  """
+  if not text:
+    return None
+  try:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(
+        '--beam_pipeline_options needs Apache Beam, an optional extra: '
+        "pip install -e '.[beam]'") from e
+  options = pipeline_options.PipelineOptions(
+      flags=[f'--{option}' for option in text.split(',') if option])
+  unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                   - set(options.get_all_options()))
+  if unknown:
+    raise ValueError(
+        f'--beam_pipeline_options: Beam knows no option(s) {unknown}; check '
+        'the spelling (e.g. direct_num_workers=2,direct_running_mode='
+        'multi_processing) against the Beam pipeline options reference.')
+  return options
+
+
+def _check_beam_capable(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """Fails for datasets that do not render on Beam (copied or rendered
+  files: their builds read a folder and are not what Beam is for)."""
+  config = getattr(builder, 'builder_config', None)
+  if (not isinstance(builder, raw_scenes.BeamBuildMixin)
+      or getattr(config, 'source', None) == 'rendered'):
+    raise ValueError(
+        f'{name} does not build on Beam; only the RAW-rendering datasets '
+        '(multi_exposure/{sample,raw,raw_radiometry,raw_16bit}, '
+        'mixed_exposure/{sample,raw}) do. Build it without '
+        '--beam_pipeline_options.')
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -143,7 +197,8 @@ def _remove_incomplete(builder: tfds.core.DatasetBuilder) -> None:
 
 def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
                     manual_dir: str | os.PathLike[str] | None = None, *,
-                    allow_incomplete: bool = False) -> None:
+                    allow_incomplete: bool = False,
+                    beam_pipeline_options: str | None = None) -> None:
   """Builds dataset `name` in `data_dir` unless it is already prepared.
 
   Every source image is decoded once while building; unusable ones are left
@@ -157,6 +212,9 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
       None means TFDS's default, `<data_dir>/downloads/manual`.
     allow_incomplete: build even if targets are missing or a test split has
       bad files, leaving those examples out and recording them (`omissions`).
+    beam_pipeline_options: render on Apache Beam with these options (TFDS's
+      `--beam_pipeline_options` syntax, see `beam_options`); RAW-rendering
+      datasets only.
 
   Raises:
     FileNotFoundError: `manual_dir` is given but is no folder.
@@ -165,14 +223,22 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
   """
   source = source_record.describe(manual_dir)
   builder = get_builder(name, data_dir, allow_incomplete=allow_incomplete)
+  options = beam_options(beam_pipeline_options)
+  if options is not None:
+    _check_beam_capable(builder, name)
   if builder.is_prepared():
     _check_source(builder, name, data_dir, manual_dir, source)
     return
-  if storage.is_remote(data_dir) or storage.is_remote(manual_dir):
+  if options is not None and storage.is_remote(data_dir):
+    _build_on_beam_into_bucket(builder, name, data_dir, manual_dir, source,
+                               allow_incomplete, options)
+  elif options is not None or not (storage.is_remote(data_dir) or
+                                   storage.is_remote(manual_dir)):
+    # Beam workers read a RAW folder in a bucket themselves.
+    _build_locally(builder, name, data_dir, manual_dir, source, options)
+  else:
     _prepare_through_staging(builder, name, data_dir, manual_dir, source,
                              allow_incomplete)
-    return
-  _build_locally(builder, name, data_dir, manual_dir, source)
 
 
 def _check_source(builder: tfds.core.DatasetBuilder, name: str,
@@ -187,8 +253,10 @@ def _check_source(builder: tfds.core.DatasetBuilder, name: str,
 def _build_locally(builder: tfds.core.DatasetBuilder, name: str,
                    data_dir: str | os.PathLike[str] | None,
                    manual_dir: str | os.PathLike[str] | None,
-                   source: source_record.Source) -> None:
-  """Builds into a local data_dir under its lock; records `source`."""
+                   source: source_record.Source,
+                   options: Any = None) -> None:
+  """Builds into a local data_dir under its lock; records `source`.
+  `options`: Beam pipeline options, or None to build in this process."""
   with _build_lock(builder):
     if builder.is_prepared():  # Another process built it while we waited.
       _check_source(builder, name, data_dir, manual_dir, source)
@@ -198,7 +266,7 @@ def _build_locally(builder: tfds.core.DatasetBuilder, name: str,
     builder.download_and_prepare(
         file_format=FILE_FORMAT,
         download_config=tfds.download.DownloadConfig(
-            manual_dir=_expand(manual_dir)))
+            manual_dir=_expand(manual_dir), beam_options=options))
     source_record.record(builder.data_dir, source)
 
 
@@ -243,6 +311,39 @@ def _prepare_through_staging(builder: tfds.core.DatasetBuilder, name: str,
     storage.remove_tree(target)  # An earlier, interrupted upload.
     count = storage.copy_tree(built, target, last=(_DATASET_INFO,))
     logging.info('Uploaded %s (%d files) to %s.', name, count, target)
+
+
+def _build_on_beam_into_bucket(builder: tfds.core.DatasetBuilder, name: str,
+                               data_dir: str | os.PathLike[str],
+                               manual_dir: str | os.PathLike[str] | None,
+                               source: source_record.Source,
+                               allow_incomplete: bool, options: Any) -> None:
+  """A Beam build whose data_dir is a bucket: its workers write the shards
+  there (those of a distributed runner cannot reach this machine's disk).
+
+  The dataset is built in a staging folder of the data_dir
+  (`.beam_staging/<id>/`), then copied to its place inside the bucket with
+  `dataset_info.json` last, and the staging folder removed: TFDS's own final
+  rename is, in a bucket, a copy per object in name order, which would show
+  `dataset_info.json` (what marks a dataset prepared) before the shards. A
+  killed build leaves only its staging folder, which can be deleted.
+  """
+  staging = (f'{_expand(data_dir).rstrip("/")}/{BEAM_STAGING_FOLDER}/'
+             f'{uuid.uuid4().hex}')
+  try:
+    staged = get_builder(name, staging, allow_incomplete=allow_incomplete)
+    logging.info('Building %s on Beam into %s.', name, staged.data_dir)
+    staged.download_and_prepare(
+        file_format=FILE_FORMAT,
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=_expand(manual_dir), beam_options=options))
+    source_record.record(staged.data_dir, source)
+    target = storage.path(builder.data_dir)
+    storage.remove_tree(target)  # An earlier, interrupted copy.
+    count = storage.copy_tree(staged.data_dir, target, last=(_DATASET_INFO,))
+    logging.info('Moved %s (%d files) to %s.', name, count, target)
+  finally:
+    storage.remove_tree(staging)
 
 
 def _other_versions(builder: tfds.core.DatasetBuilder) -> list[str]:
@@ -326,6 +427,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                     'them out and record them in the dataset\'s '
                     'metadata.json and in every evaluation report.',
                     flag_values=flag_values)
+  flags.DEFINE_string(
+      'beam_pipeline_options', None,
+      'Render on Apache Beam (RAW-rendering datasets; needs the .[beam] '
+      'extra): comma-separated Beam options without dashes, as TFDS\'s '
+      'flag, e.g. direct_num_workers=2,direct_running_mode=multi_processing '
+      'or runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,'
+      'requirements_file=R.txt.', flag_values=flag_values)
 
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
@@ -338,7 +446,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
   try:
     ensure_prepared(flag_values.dataset, flag_values.data_dir,
                     flag_values.manual_dir,
-                    allow_incomplete=flag_values.allow_incomplete)
+                    allow_incomplete=flag_values.allow_incomplete,
+                    beam_pipeline_options=flag_values.beam_pipeline_options)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from e
   builder = get_builder(flag_values.dataset, flag_values.data_dir)

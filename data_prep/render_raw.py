@@ -148,6 +148,9 @@ def find_raw_files(
     inputs: Sequence[str | os.PathLike[str]]) -> list[pathlib.Path]:
   """Expands files and directories (searched recursively) into RAW files.
 
+  An input may be in a bucket (gs://...), as for a Beam build's workers;
+  its files are then `epath.Path`s.
+
   Files named explicitly are taken whatever their extension; in directories
   only RAW extensions count (case-insensitive). Outputs are named by stem, so
   two different RAWs with one stem (case-insensitively, for case-insensitive
@@ -156,8 +159,16 @@ def find_raw_files(
   Raises:
     RenderInputError: an input is missing, nothing is found, or stems clash.
   """
-  found: dict[pathlib.Path, pathlib.Path] = {}  # Resolved -> as given.
-  for item in map(pathlib.Path, inputs):
+  found: dict[Any, Any] = {}  # Resolved -> as given.
+  for item in inputs:
+    if storage.is_remote(item):  # A bucket: one listing, no symlinks.
+      item = storage.path(item)
+      for path in sorted(storage.files_under(item) if item.is_dir() else
+                         [item], key=lambda p: p.relative_to(item).parts):
+        if path.suffix.lower() in RAW_EXTENSIONS or path == item:
+          found.setdefault(path, path)
+      continue
+    item = pathlib.Path(item)
     if item.is_dir():
       for path in sorted(item.rglob('*')):
         if path.suffix.lower() in RAW_EXTENSIONS and path.is_file():

@@ -18,9 +18,11 @@ written beside it and renamed; a cloud object becomes visible only once its
 upload completes.
 """
 
+import contextlib
 import os
 import shutil
-from typing import Iterable
+import tempfile
+from typing import Iterable, Iterator
 import uuid
 
 from etils import epath
@@ -142,7 +144,8 @@ def copy_tree(source: PathLike, destination: PathLike, *,
               last: Iterable[str] = ()) -> int:
   """Copies the files under `source` to `destination`; returns the count.
 
-  Either side may be a URL. Files named in `last` (relative paths) are
+  Either side may be a URL (bucket to bucket is a copy inside the object
+  store, not a download and upload). Files named in `last` (relative paths) are
   copied after all others, so a reader that waits for them (TFDS waits for
   `dataset_info.json`) never sees a partial copy as complete.
   """
@@ -153,12 +156,34 @@ def copy_tree(source: PathLike, destination: PathLike, *,
   for file in files:
     target = destination / os.fspath(file.relative_to(source))
     target.parent.mkdir(parents=True, exist_ok=True)
-    if is_remote(source) or is_remote(target):
+    if is_remote(source) and is_remote(target):
+      # Within the object store (one bucket to another, or the same):
+      # copied there, no bytes through this machine.
+      fsspec.filesystem('gcs').copy(os.fspath(file), os.fspath(target))
+    elif is_remote(source) or is_remote(target):
       with file.open('rb') as reader, target.open('wb') as writer:
         shutil.copyfileobj(reader, writer, _COPY_CHUNK)
     else:
       shutil.copyfile(file, target)
   return len(files)
+
+
+@contextlib.contextmanager
+def local_copy(location: PathLike) -> Iterator[PathLike]:
+  """A local path holding the file at `location`: the path itself when it
+  is local; for a URL, a temporary download (removed on exit), for readers
+  of local files only (LibRaw)."""
+  if not is_remote(location):
+    yield location
+    return
+  source = path(location)
+  handle, local = tempfile.mkstemp(prefix='expcorr_', suffix=source.suffix)
+  try:
+    with os.fdopen(handle, 'wb') as writer, source.open('rb') as reader:
+      shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+    yield local
+  finally:
+    os.unlink(local)
 
 
 def files_under(folder: PathLike) -> list[epath.Path]:

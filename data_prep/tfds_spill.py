@@ -1,4 +1,5 @@
-"""TFDS's writer without TensorFlow, also for splits larger than 1 GB.
+"""TFDS's writer without TensorFlow, for splits larger than 1 GB and for
+shards written into a bucket.
 
 TFDS's writer holds a split's serialised examples in memory up to
 `shuffle.MAX_MEM_BUFFER_SIZE` (1 GB), then spills them into temporary
@@ -8,13 +9,24 @@ with "No module named 'tensorflow'". `install()` replaces the bucket class
 with `SpillBucket`, the same file format written through `etils.epath`
 (local folders and buckets alike). Call it before a build; `data_prep.build`
 does on import.
+
+`BucketExampleWriter`: the array_record writer writes local files only, so
+a Beam build whose data_dir is a bucket (its workers write the shards,
+`data_prep/datasets/raw_beam.py`) writes each shard to a local temporary
+file and uploads it whole; a reader never sees a partial shard.
 """
 
+import os
+import shutil
 import struct
-from typing import Iterator
+import tempfile
+from typing import Iterable, Iterator
 
 from etils import epath
 from tensorflow_datasets.core import shuffle
+from tensorflow_datasets.core import writer as writer_lib
+
+from data_prep import storage
 
 _KEY_BYTES = 16  # TFDS's 128-bit keys.
 
@@ -65,6 +77,21 @@ class SpillBucket:
   def del_file(self) -> None:
     if self._path.exists():
       self._path.unlink()
+
+
+class BucketExampleWriter(writer_lib.ExampleWriter):
+  """TFDS's example writer, also for shards in a bucket (see module)."""
+
+  def write(self, path: epath.PathLike, examples: Iterable):
+    if not storage.is_remote(path):
+      return super().write(path, examples)
+    with tempfile.TemporaryDirectory(prefix='expcorr_shard_') as folder:
+      local = os.path.join(folder, epath.Path(path).name)
+      positions = super().write(local, examples)
+      # One upload: the object appears only once complete.
+      with open(local, 'rb') as reader, storage.path(path).open('wb') as out:
+        shutil.copyfileobj(reader, out, 16 << 20)
+    return positions
 
 
 def install() -> None:

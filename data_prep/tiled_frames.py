@@ -72,6 +72,51 @@ def split_into_tiles(image: np.ndarray, tile: int = TILE_SIZE
                                  ).tobytes()
 
 
+def key_span(num_scenes: int) -> int:
+  """Record keys per scene when a split holds `num_scenes` scenes: scene i
+  of the split's table takes keys from i * span up."""
+  return _KEY_RANGE // max(1, num_scenes)
+
+
+def scene_entry(fields: dict[str, Any], frames: Sequence[np.ndarray]
+                ) -> dict[str, Any]:
+  """A scene's entry in the scene table, less `first_record`: `fields` plus
+  the frames' height, width, channels and dtypes.
+
+  Raises:
+    ValueError: the frames differ in size.
+  """
+  shapes = {frame.shape for frame in frames}
+  if len(shapes) != 1:
+    raise ValueError(f'Scene {fields.get("scene")!r}: its frames differ in '
+                     f'size: {sorted(shapes)}.')
+  height, width, channels = frames[0].shape
+  return {**fields, 'height': int(height), 'width': int(width),
+          'channels': int(channels),
+          'dtypes': [frame.dtype.name for frame in frames]}
+
+
+def frame_tiles(frames: Sequence[np.ndarray], tile: int = TILE_SIZE
+                ) -> Iterator[bytes]:
+  """Every tile of the frames, in record order (frame by frame, row-major)."""
+  for frame in frames:
+    yield from split_into_tiles(frame, tile)
+
+
+def table_from_entries(split: str,
+                       entries: Sequence[tuple[dict[str, Any], int]]
+                       ) -> list[dict[str, Any]]:
+  """A split's scene table from (`scene_entry`, tile count) pairs given in
+  any order (as a distributed build collects them): in `scene_order`, each
+  entry with its `first_record`, as `SceneTableWriter` makes it."""
+  table, first = [], 0
+  for entry, count in scene_order(split, entries,
+                                  name=lambda pair: pair[0]['scene']):
+    table.append({**entry, 'first_record': first})
+    first += count
+  return table
+
+
 class SceneTableWriter:
   """Builds one split's scene table and record keys while its tiles are
   yielded (scenes that fail to render are simply never added)."""
@@ -79,7 +124,7 @@ class SceneTableWriter:
   def __init__(self, num_scenes: int, tile: int = TILE_SIZE):
     self.tile = tile
     self.scenes: list[dict[str, Any]] = []
-    self._span = _KEY_RANGE // max(1, num_scenes)
+    self._span = key_span(num_scenes)
     self._next_record = 0
 
   def add_scene(self, fields: dict[str, Any], frames: Sequence[np.ndarray]
@@ -87,26 +132,16 @@ class SceneTableWriter:
     """Yields (key, example) of every tile of the scene's frames and adds
     the scene (`fields` plus height, width, dtypes, first record) to the
     table once all are yielded."""
-    shapes = {frame.shape for frame in frames}
-    if len(shapes) != 1:
-      raise ValueError(f'Scene {fields.get("scene")!r}: its frames differ in '
-                       f'size: {sorted(shapes)}.')
-    height, width, channels = frames[0].shape
-    first = self._next_record
+    entry = scene_entry(fields, frames)
     key = len(self.scenes) * self._span
     count = 0
-    for frame in frames:
-      for data in split_into_tiles(frame, self.tile):
-        yield key + count, {TILE_FEATURE: data}
-        count += 1
+    for data in frame_tiles(frames, self.tile):
+      yield key + count, {TILE_FEATURE: data}
+      count += 1
     if count >= self._span:
       raise ValueError('Too many tiles for the key range of one scene.')
+    self.scenes.append({**entry, 'first_record': self._next_record})
     self._next_record += count
-    self.scenes.append({
-        **fields, 'height': int(height), 'width': int(width),
-        'channels': int(channels),
-        'dtypes': [frame.dtype.name for frame in frames],
-        'first_record': first})
 
 
 class TileRecords:

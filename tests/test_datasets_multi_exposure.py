@@ -21,6 +21,7 @@ from data_prep import raw_render
 from data_prep import render_raw
 from data_prep import tiled_frames
 from data_prep.datasets import multi_exposure
+from data_prep.datasets import raw_scenes
 from data_prep.datasets import scene_split
 
 KODAK = 'raw/kodak_dc50.kdc'
@@ -91,11 +92,11 @@ def test_raw_folder_build(kodak, tmp_path):
 
 def test_unreadable_raws_are_logged_and_skipped(kodak, tmp_path, caplog):
   copy_raws(kodak, tmp_path, ['good'], broken=True)
-  scenes = [multi_exposure.RawScene(p.stem, p, p.name)
+  scenes = [raw_scenes.RawScene(p.stem, p, p.name)
             for p in sorted(tmp_path.glob('*.kdc'))]
   left_out = []
   with caplog.at_level(logging.WARNING):
-    usable = multi_exposure.usable_raws(scenes, left_out)
+    usable = raw_scenes.usable_raws(scenes, left_out)
   assert [s.scene for s in usable] == ['good']
   assert 'broken.kdc' in caplog.text
   assert [scene.scene for scene, _ in left_out] == ['broken']

@@ -19,6 +19,7 @@ RECNet's loader and the evaluation read it as they read LCDP), plus:
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterator
 
@@ -30,7 +31,8 @@ from data_prep import camera_tags
 from data_prep import image_codec
 from data_prep import mixed_exposure as mixed_render
 from data_prep import raw_render
-from data_prep.datasets import multi_exposure
+from data_prep import storage
+from data_prep.datasets import raw_scenes
 from data_prep.datasets import paired
 
 
@@ -54,7 +56,45 @@ class MixedExposureConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.2
 
 
-class MixedExposure(tfds.core.GeneratorBasedBuilder):
+def scene_examples(scene: raw_scenes.RawScene, *, maps_per_raw: int,
+                   seed: int, ev_range: tuple[float, float], half_size: bool
+                   ) -> list[tuple[str, dict[str, Any]]] | None:
+  """(key, example) of each of a RAW's mixed-exposure renders, all from one
+  decode (a RAW in a bucket downloaded once); None (logged) when the RAW
+  cannot be decoded."""
+  with storage.local_copy(scene.path) as local:
+    try:
+      image = raw_render.decode_raw(local, half_size=half_size)
+    except raw_render.RawDecodeError as e:
+      logging.warning('Skipping RAW %s: %s', scene.path, e)
+      return None
+    content_seed = mixed_render.content_seed(local, seed)
+    camera = camera_tags.camera_name(local)
+  target = image_codec.encode_png(raw_render.expose(image, 0.0))
+  grids = mixed_render.draw_maps(image.height, image.width, maps_per_raw,
+                                 content_seed, ev_range=ev_range)
+  examples = []
+  for index, grid in enumerate(grids):
+    name = f'{scene.scene}_mixed{index}'
+    examples.append((name, {
+        'name': name,
+        'scene': scene.scene,
+        'input': image_codec.encode_png(mixed_render.render(image, grid)),
+        'target': target,
+        'ev_tag': '',
+        'ev': np.float32(math.nan),
+        'other_targets': [],
+        'other_target_names': [],
+        'ev_map': grid,
+        'map_index': np.int32(index),
+        'source': scene.source,
+        'camera': camera,
+    }))
+  return examples
+
+
+class MixedExposure(raw_scenes.BeamBuildMixin,
+                    tfds.core.GeneratorBasedBuilder):
   """Mixed-exposure inputs rendered from RAW with their EV maps."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -88,7 +128,9 @@ class MixedExposure(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    scenes, split_of, left_out = multi_exposure.usable_raw_scenes(
+    if self._beam_build:
+      return self._beam_split_generators(dl_manager)
+    scenes, split_of, left_out = raw_scenes.usable_raw_scenes(
         self, f'mixed_exposure/{config.name}', config.source, dl_manager,
         config.validation_fraction)
     by_split: dict[str, list[Any]] = {}
@@ -101,32 +143,28 @@ class MixedExposure(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split_scenes)
             for split, split_scenes in sorted(by_split.items())}
 
-  def _generate_examples(self, scenes) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _render(self):
+    """`scene_examples` with this config's settings (picklable)."""
     config = self.builder_config
+    return functools.partial(
+        scene_examples, maps_per_raw=config.maps_per_raw, seed=config.seed,
+        ev_range=tuple(config.ev_range), half_size=config.half_size)
+
+  def _beam_split_generators(self, dl_manager):
+    """The splits as Beam transforms (`raw_beam.ExampleSplits`): the local
+    build's probe, split rule and renders, on Beam workers."""
+    from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
+    config = self.builder_config
+    dataset = f'mixed_exposure/{config.name}'
+    scenes, assign = raw_scenes.listed_raw_scenes(
+        self, dataset, config.source, dl_manager, config.validation_fraction)
+    splits = raw_beam.ExampleSplits(
+        scenes, render=self._render(), assign=assign, dataset=dataset,
+        metadata_dir=self._beam_metadata_folder(),
+        examples_per_scene=config.maps_per_raw)
+    return {split: splits.transform(split) for split in splits.names}
+
+  def _generate_examples(self, scenes) -> Iterator[tuple[str, dict[str, Any]]]:
+    render = self._render()
     for scene in scenes:
-      try:
-        image = raw_render.decode_raw(scene.path, half_size=config.half_size)
-      except raw_render.RawDecodeError as e:
-        logging.warning('Skipping RAW %s: %s', scene.path, e)
-        continue
-      target = image_codec.encode_png(raw_render.expose(image, 0.0))
-      grids = mixed_render.draw_maps(
-          image.height, image.width, config.maps_per_raw,
-          mixed_render.content_seed(scene.path, config.seed),
-          ev_range=config.ev_range)
-      for index, grid in enumerate(grids):
-        name = f'{scene.scene}_mixed{index}'
-        yield name, {
-            'name': name,
-            'scene': scene.scene,
-            'input': image_codec.encode_png(mixed_render.render(image, grid)),
-            'target': target,
-            'ev_tag': '',
-            'ev': np.float32(math.nan),
-            'other_targets': [],
-            'other_target_names': [],
-            'ev_map': grid,
-            'map_index': np.int32(index),
-            'source': scene.source,
-            'camera': camera_tags.camera_name(scene.path),
-        }
+      yield from render(scene) or ()

@@ -40,28 +40,24 @@ single scene only 'train' exists. Unreadable RAWs are logged and skipped; the
 build fails only when no RAW is usable.
 """
 
-import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Iterator, Sequence
-import weakref
 
 from absl import logging
 import numpy as np
-import rawpy
 import tensorflow_datasets as tfds
 
 from data_prep import ev_tags
 from data_prep import raw_render
-from data_prep import render_raw
-from data_prep import sample_scenes
+from data_prep import storage
 from data_prep import tiled_frames
 from data_prep import camera_tags
 from data_prep.datasets import file_checks
+from data_prep.datasets import raw_scenes
 from data_prep.datasets import rendered_layout
 from data_prep.datasets import scene_split
 
@@ -121,110 +117,26 @@ def multi_exposure_features() -> tfds.features.FeaturesDict:
   })
 
 
-@dataclasses.dataclass(frozen=True)
-class RawScene:
-  """A RAW file to build one example from."""
-  scene: str
-  path: pathlib.Path
-  source: str
-
-
-def probe_raw(path: pathlib.Path) -> str | None:
-  """Why LibRaw cannot read `path` (None when it can).
-
-  Reads and unpacks the sensor data (truncated or corrupt files fail here)
-  without the costly demosaic, so splits can be chosen among usable scenes
-  before anything is rendered.
-  """
-  try:
-    with rawpy.imread(os.fspath(path)) as raw:
-      raw.unpack()
-  except (rawpy.LibRawError, OSError, ValueError) as e:
-    return f'{type(e).__name__}: {e}'
-  return None
-
-
-def usable_raws(scenes: Sequence[RawScene],
-                left_out: list[tuple[RawScene, str]] | None = None
-                ) -> list[RawScene]:
-  """The scenes whose RAW probes fine (probed in parallel threads); logs the
-  others with the reason, and appends (scene, reason) to `left_out`.
-
-  Raises:
-    ValueError: no RAW is usable; the message lists why each failed.
-  """
-  usable, failures = [], []
-  workers = min(16, (os.cpu_count() or 1) + 2)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    reasons = list(pool.map(lambda scene: probe_raw(scene.path), scenes))
-  for scene, reason in zip(scenes, reasons):
-    if left_out is not None and reason is not None:
-      left_out.append((scene, reason))
-    if reason is None:
-      usable.append(scene)
-    else:
-      logging.warning('Skipping RAW %s: %s', scene.path, reason)
-      failures.append(f'{scene.path.name} ({reason})')
-  if not usable:
-    raise ValueError(
-        f'None of the {len(scenes)} RAW file(s) can be read: '
-        f'{"; ".join(failures[:10])}. Re-copy them or give other files.')
-  return usable
-
-
-def sample_raw_scenes(owner: Any) -> tuple[list[RawScene], dict[str, str]]:
-  """The embedded sample's DNGs, written to a temporary folder removed with
-  `owner` (a builder), and each scene's split (`sample_scenes.sample_split`).
-  """
-  folder = tempfile.mkdtemp(prefix='expcorr_sample_raws_')
-  weakref.finalize(owner, shutil.rmtree, folder, ignore_errors=True)
-  paths = [pathlib.Path(p) for p in sample_scenes.write_sample_raws(folder)]
-  scenes = [RawScene(path.stem, path, 'sample') for path in paths]
-  return scenes, {s.scene: sample_scenes.sample_split(s.scene)
-                  for s in scenes}
-
-
-def usable_raw_scenes(owner: Any, dataset: str, source: str,
-                      dl_manager: tfds.download.DownloadManager,
-                      validation_fraction: float
-                      ) -> tuple[list[RawScene], dict[str, str], list[dict]]:
-  """The RAW scenes a build reads, as the RAW-based builders share them.
-
-  Args:
-    owner: the builder (the sample's temporary DNGs live as long as it).
-    dataset: e.g. 'multi_exposure/raw', for messages.
-    source: 'sample' (the embedded sample, split by photo) or 'raw' (the RAW
-      files below `manual_dir`, scene-disjoint deterministic splits).
-    dl_manager: its manual_dir holds the RAW files ('raw' only: TFDS fails
-      when a missing manual_dir is read, which the sample does not need).
-    validation_fraction: share of scenes for validation ('raw' only).
-
-  Returns:
-    (usable scenes sorted by name, scene -> split, the unreadable RAWs as
-    omission records for the dataset's metadata: they are left out before
-    scenes are split).
-  """
-  if source == 'sample':
-    scenes, split_of = sample_raw_scenes(owner)
-  else:
+def render_raw_scene(scene: raw_scenes.RawScene, evs: Sequence[float], bits: int,
+                     tone_curve: str, half_size: bool
+                     ) -> tuple[dict[str, Any], list[np.ndarray]] | None:
+  """(scene fields, frames in `evs` order) of one RAW, decoded once and
+  rendered at every EV; None (logged) when the RAW cannot be decoded.
+  A RAW in a bucket is downloaded once for both (`storage.local_copy`)."""
+  with storage.local_copy(scene.path) as local:
     try:
-      paths = render_raw.find_raw_files(
-          [pathlib.Path(os.fspath(dl_manager.manual_dir))])
-    except render_raw.RenderInputError as e:
-      raise ValueError(f'{dataset}: {e}') from e
-    scenes = [RawScene(path.stem, path, path.name) for path in paths]
-    split_of = None
-  unreadable = []
-  scenes = sorted(usable_raws(scenes, unreadable), key=lambda s: s.scene)
-  if split_of is None:
-    split_of = scene_split.assign_splits([s.scene for s in scenes],
-                                         validation_fraction)
-  left_out = [file_checks.Omission('', scene.source, reason).as_dict()
-              for scene, reason in unreadable]
-  return scenes, split_of, left_out
+      image = raw_render.decode_raw(local, half_size=half_size)
+    except raw_render.RawDecodeError as e:
+      logging.warning('Skipping RAW %s: %s', scene.path, e)
+      return None
+    camera = camera_tags.camera_name(local)
+  renders = raw_render.render_exposures(image, evs, bits=bits,
+                                        tone_curve=tone_curve)
+  return ({'scene': scene.scene, 'evs': list(evs), 'camera': camera,
+           'source': scene.source}, [renders[ev] for ev in evs])
 
 
-class MultiExposure(tfds.core.GeneratorBasedBuilder):
+class MultiExposure(raw_scenes.BeamBuildMixin, tfds.core.GeneratorBasedBuilder):
   """Multi-exposure sequences rendered from RAW (or already rendered), their
   frames stored as tiles (see the module docstring)."""
 
@@ -283,7 +195,9 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     if config.source == 'rendered':
       return self._rendered_split_generators(
           pathlib.Path(os.fspath(dl_manager.manual_dir)))
-    scenes, split_of, left_out = usable_raw_scenes(
+    if self._beam_build:
+      return self._beam_split_generators(dl_manager)
+    scenes, split_of, left_out = raw_scenes.usable_raw_scenes(
         self, f'multi_exposure/{config.name}', config.source, dl_manager,
         config.validation_fraction)
     kept: dict[str, int] = {}
@@ -291,6 +205,22 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
       kept[split_of[scene.scene]] = kept.get(split_of[scene.scene], 0) + 1
     self.info.metadata.update({'kept': kept, 'left_out': left_out})
     return self._group(scenes, split_of)
+
+  def _beam_split_generators(self, dl_manager):
+    """The splits as Beam transforms: `raw_beam.TiledSplits`, the same
+    probe, split rule, renders and scene tables as the local build."""
+    from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
+    config = self.builder_config
+    dataset = f'multi_exposure/{config.name}'
+    scenes, assign = raw_scenes.listed_raw_scenes(self, dataset, config.source,
+                                       dl_manager, config.validation_fraction)
+    splits = raw_beam.TiledSplits(
+        scenes, assign=assign, dataset=dataset,
+        metadata_dir=self._beam_metadata_folder(),
+        render=functools.partial(
+            render_raw_scene, evs=config.evs, bits=config.bits,
+            tone_curve=config.tone_curve, half_size=config.half_size))
+    return {split: splits.transform(split) for split in splits.names}
 
   def _group(self, scenes, split_of) -> dict[str, Any]:
     """split -> generator over that split's scenes (empty splits left out)."""
@@ -305,26 +235,18 @@ class MultiExposure(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split_scenes, split)
             for split, split_scenes in sorted(by_split.items())}
 
-  def _generate_raw_examples(self, scenes: Sequence[RawScene],
+  def _generate_raw_examples(self, scenes: Sequence[raw_scenes.RawScene],
                              table: tiled_frames.SceneTableWriter
                              ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Decodes each RAW once and renders every EV of the config from it."""
     config = self.builder_config
     yielded = 0
     for scene in scenes:
-      try:
-        image = raw_render.decode_raw(scene.path, half_size=config.half_size)
-      except raw_render.RawDecodeError as e:
-        logging.warning('Skipping RAW %s: %s', scene.path, e)
-        continue
-      renders = raw_render.render_exposures(
-          image, config.evs, bits=config.bits, tone_curve=config.tone_curve)
-      yield from table.add_scene(
-          {'scene': scene.scene, 'evs': list(config.evs),
-           'camera': camera_tags.camera_name(scene.path),
-           'source': scene.source},
-          [renders[ev] for ev in config.evs])
-      yielded += 1
+      rendered = render_raw_scene(scene, config.evs, config.bits,
+                                  config.tone_curve, config.half_size)
+      if rendered is not None:
+        yield from table.add_scene(*rendered)
+        yielded += 1
     if scenes and not yielded:
       raise ValueError(
           f'None of the RAW files {[s.path.name for s in scenes]} could be '

@@ -1,0 +1,355 @@
+"""Apache Beam stages shared by the RAW-rendering builders.
+
+A build given Beam options (`data_prep.build --beam_pipeline_options=...`,
+TFDS's `DownloadConfig(beam_options=...)`) renders its RAWs in a Beam
+pipeline instead of this process: on the DirectRunner's worker processes, or
+on Dataflow, Flink or Spark workers. The stages here make such a build give
+the dataset the local build gives, so they repeat its decisions in the
+pipeline:
+  1. every RAW is probed (`raw_scenes.probe_raw`, the local build's
+     check) in parallel; the unreadable ones are left out with the same
+     reason, in listing order;
+  2. the scenes are split by the same rule over the same readable scenes
+     (the rule needs them all, so it runs once on their collected names and
+     reaches the renders as a side input);
+  3. the builder renders each readable scene once, as the local build does.
+The split names must be known when the pipeline is built: 'train' and
+'validation' with two or more listed RAWs, else 'train'. A build where fewer
+than two are readable fails with a message (the local build then writes
+'train' alone); TFDS's Beam writer refuses an empty split.
+
+Values the local build puts into the dataset's metadata while it generates
+(kept counts, left-out files, scene tables) are computed in the pipeline,
+written as JSON files into the dataset's build folder by the workers, and
+read into the metadata once the pipeline has run (`read_values`), as TFDS's
+own `BeamMetadataDict` does. Counters (`COUNTERS`, namespace
+`NAMESPACE`) count readable and left-out RAWs and rendered scenes; the
+builders log them.
+"""
+
+import json
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.metrics import metric
+from etils import epath
+
+from data_prep import tiled_frames
+from data_prep.datasets import raw_scenes
+from data_prep.datasets import scene_split
+
+NAMESPACE = 'expcorr_data_prep'
+COUNTERS = ('raws_readable', 'raws_left_out', 'scenes_rendered',
+            'scenes_failed_to_render')
+METADATA_FOLDER = 'beam_metadata'  # In the build folder; removed after.
+
+
+def count(name: str, value: int = 1) -> None:
+  """Increments this project's Beam counter `name` (one of `COUNTERS`)."""
+  metric.Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def split_names(num_listed: int) -> list[str]:
+  """The splits a Beam build writes for `num_listed` RAW files (see the
+  module docstring)."""
+  if num_listed >= 2:
+    return [scene_split.TRAIN, scene_split.VALIDATION]
+  return [scene_split.TRAIN]
+
+
+class OncePerPipeline:
+  """Builds a part of a pipeline that several splits share, once.
+
+  TFDS expands each split's transform on the same pipeline; the first one
+  to call this builds the shared part (probe, split, render) and the
+  others get the same PCollections, so no RAW is rendered twice.
+  """
+
+  def __init__(self, build: Callable[[beam.pvalue.PBegin], Any]):
+    self._build = build
+    self._built: dict[int, Any] = {}
+
+  def __call__(self, pbegin: beam.pvalue.PBegin) -> Any:
+    key = id(pbegin.pipeline)
+    if key not in self._built:
+      self._built[key] = self._build(pbegin.pipeline)
+    return self._built[key]
+
+
+class _Probe(beam.DoFn):
+  """(listing index, scene) -> the scene, or ('unreadable', index, scene,
+  reason) on a tagged output."""
+
+  def process(self, indexed):
+    index, scene = indexed
+    reason = raw_scenes.probe_raw(scene.path)
+    if reason is None:
+      count('raws_readable')
+      yield scene
+    else:
+      count('raws_left_out')
+      logging.warning('Skipping RAW %s: %s', scene.path, reason)
+      yield beam.pvalue.TaggedOutput('unreadable', (index, scene, reason))
+
+
+def _assign(names: list[str], unreadable: list, *, assign, dataset: str,
+            splits: Sequence[str], total: int) -> dict[str, str]:
+  """scene -> split over all readable scenes, or a clear failure."""
+  if not names:
+    raise ValueError(raw_scenes.no_usable_raw_message(
+        total, [(scene, reason) for _, scene, reason in sorted(
+            unreadable, key=lambda item: item[0])]))
+  split_of = assign(sorted(names))
+  missing = set(splits) - set(split_of.values())
+  if missing:
+    raise ValueError(
+        f'{dataset}: only {len(names)} of the {total} RAW files are readable, '
+        f'so split(s) {sorted(missing)} would be empty, which a Beam build '
+        'cannot write. Add readable RAWs, or build without '
+        '--beam_pipeline_options (a local build then writes the train split '
+        'alone).')
+  return split_of
+
+
+def _left_out(unreadable: list) -> list[dict]:
+  return [raw_scenes.omission_record(scene, reason)
+          for _, scene, reason in sorted(unreadable, key=lambda item: item[0])]
+
+
+def _kept(split_of: dict[str, str], examples_per_scene: int) -> dict:
+  kept: dict[str, int] = {}
+  for split in split_of.values():
+    kept[split] = kept.get(split, 0) + examples_per_scene
+  return kept
+
+
+def readable_scenes_by_split(pipeline: beam.Pipeline,
+                             scenes: Sequence[raw_scenes.RawScene], *,
+                             assign: Callable[[list[str]], dict[str, str]],
+                             dataset: str, metadata_dir: str,
+                             examples_per_scene: int = 1):
+  """Probes the scenes and splits the readable ones (steps 1-2 above).
+
+  Writes the metadata values 'kept' (examples per split, counted as the
+  local build counts them) and 'left_out' (unreadable RAWs).
+
+  Returns:
+    (PCollection of (split, scene) for every readable scene, singleton
+    PCollection of the scene -> split dict).
+  """
+  splits = split_names(len(scenes))
+  probed = (pipeline
+            | 'ListRaws' >> beam.Create(list(enumerate(scenes)))
+            | 'SpreadProbes' >> beam.Reshuffle()
+            | 'Probe' >> beam.ParDo(_Probe()).with_outputs(
+                'unreadable', main='readable'))
+  unreadable = probed.unreadable | 'CollectUnreadable' >> (
+      beam.combiners.ToList())
+  split_of = (probed.readable
+              | 'Names' >> beam.Map(lambda scene: scene.scene)
+              | 'CollectNames' >> beam.combiners.ToList()
+              | 'AssignSplits' >> beam.Map(
+                  _assign, beam.pvalue.AsSingleton(unreadable),
+                  assign=assign, dataset=dataset, splits=splits,
+                  total=len(scenes)))
+  write_value(unreadable | 'LeftOut' >> beam.Map(_left_out), metadata_dir,
+              'left_out')
+  write_value(split_of | 'Kept' >> beam.Map(
+      _kept, examples_per_scene=examples_per_scene), metadata_dir, 'kept')
+  with_split = probed.readable | 'WithSplit' >> beam.Map(
+      lambda scene, split_of: (split_of[scene.scene], scene),
+      beam.pvalue.AsSingleton(split_of))
+  return with_split, split_of
+
+
+def _write_json(value: Any, path: str) -> None:
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(value))
+
+
+def write_value(single: beam.PCollection, metadata_dir: str, key: str
+                ) -> None:
+  """Writes the one element of `single` as `<metadata_dir>/<key>.json`."""
+  path = epath.Path(metadata_dir) / f'{key}.json'
+  _ = single | f'Write_{key}' >> beam.Map(_write_json, path=str(path))
+
+
+def read_values(metadata_dir: str) -> dict[str, Any]:
+  """The values `write_value` wrote (key -> value); removes the folder."""
+  folder = epath.Path(metadata_dir)
+  values = {path.stem: json.loads(path.read_text())
+            for path in sorted(folder.glob('*.json'))}
+  folder.rmtree(missing_ok=True)
+  return values
+
+
+def log_counters(pipeline_result: Any, dataset: str) -> dict[str, int]:
+  """Logs this project's counters of a finished pipeline; returns them."""
+  found = pipeline_result.metrics().query(
+      metric.MetricsFilter().with_namespace(NAMESPACE))['counters']
+  totals = {name: 0 for name in COUNTERS}
+  for result in found:
+    totals[result.key.metric.name] = (
+        totals.get(result.key.metric.name, 0) + result.committed)
+  logging.info('%s Beam counters: %s', dataset,
+               ', '.join(f'{name} {value}' for name, value in totals.items()))
+  return totals
+
+
+def apply_values(metadata: dict[str, Any], values: dict[str, Any]) -> None:
+  """Puts `read_values`' values into a dataset's metadata; a key 'a.b'
+  goes to metadata['a']['b']."""
+  for key, value in values.items():
+    outer, _, inner = key.partition('.')
+    if inner:
+      metadata.setdefault(outer, {})[inner] = value
+    else:
+      metadata[outer] = value
+
+
+def _of_split(pcollection: beam.PCollection, split: str, label: str
+              ) -> beam.PCollection:
+  """The elements (split, value) of `pcollection` in `split`, as values."""
+  return (pcollection
+          | f'{label}In_{split}' >> beam.Filter(lambda item: item[0] == split)
+          | f'{label}Of_{split}' >> beam.Map(lambda item: item[1]))
+
+
+class _RenderTiles(beam.DoFn):
+  """(split, scene) -> ('tile', (split, (scene name, index, bytes))) for
+  every tile, and (split, (scene entry, tile count)) on output 'scenes'."""
+
+  def __init__(self, render: Callable[[Any], Any]):
+    self._render = render
+
+  def process(self, split_scene):
+    split, scene = split_scene
+    rendered = self._render(scene)
+    if rendered is None:
+      count('scenes_failed_to_render')
+      return
+    fields, frames = rendered
+    entry = tiled_frames.scene_entry(fields, frames)
+    tiles = 0
+    for index, data in enumerate(tiled_frames.frame_tiles(frames)):
+      yield split, (scene.scene, index, data)
+      tiles += 1
+    count('scenes_rendered')
+    yield beam.pvalue.TaggedOutput('scenes', (split, (entry, tiles)))
+
+
+def _table_and_keys(entries: list, readable: int, *, split: str
+                    ) -> dict[str, Any]:
+  """The split's scene table and, per scene, (table index, key span): the
+  local build's keys (`tiled_frames.SceneTableWriter`), whose span counts
+  the split's readable scenes, rendered or not."""
+  table = tiled_frames.table_from_entries(split, entries)
+  span = tiled_frames.key_span(readable)
+  if any(count >= span for _, count in entries):
+    raise ValueError('Too many tiles for the key range of one scene.')
+  return {'table': table,
+          'keys': {entry['scene']: (index, span)
+                   for index, entry in enumerate(table)}}
+
+
+def _keyed_tile(tile, table_and_keys):
+  scene, index, data = tile
+  position, span = table_and_keys['keys'][scene]
+  return position * span + index, {tiled_frames.TILE_FEATURE: data}
+
+
+class TiledSplits:
+  """The splits of a tiled build (`multi_exposure`): `render(scene)` gives
+  (scene fields, frames) or None; each split gets the tiles and scene table
+  the local build writes (`tiled_frames`), the table as metadata value
+  '<SCENE_TABLE>.<split>'."""
+
+  def __init__(self, scenes, *, render, assign, dataset: str,
+               metadata_dir: str):
+    self._render = render
+    self._metadata_dir = metadata_dir
+    self._shared = OncePerPipeline(lambda pipeline: self._build(
+        pipeline, scenes, assign, dataset))
+    self.names = split_names(len(scenes))
+
+  def _build(self, pipeline, scenes, assign, dataset):
+    with_split, _ = readable_scenes_by_split(
+        pipeline, scenes, assign=assign, dataset=dataset,
+        metadata_dir=self._metadata_dir)
+    rendered = (with_split
+                | 'SpreadRenders' >> beam.Reshuffle()
+                | 'Render' >> beam.ParDo(_RenderTiles(self._render)
+                                         ).with_outputs('scenes', main='tiles'))
+    return with_split, rendered
+
+  def transform(self, split: str) -> beam.PTransform:
+    """The PTransform TFDS applies for `split`: -> (key, example)."""
+
+    @beam.ptransform_fn
+    def split_tiles(pbegin):
+      with_split, rendered = self._shared(pbegin)
+      readable = (_of_split(with_split, split, 'Readable')
+                  | f'CountReadable_{split}' >> beam.combiners.Count.Globally())
+      table = (_of_split(rendered.scenes, split, 'Scenes')
+               | f'CollectScenes_{split}' >> beam.combiners.ToList()
+               | f'Table_{split}' >> beam.Map(
+                   _table_and_keys, beam.pvalue.AsSingleton(readable),
+                   split=split))
+      write_value(table | f'TableOnly_{split}' >> beam.Map(
+          lambda value: value['table']), self._metadata_dir,
+                  f'{tiled_frames.SCENE_TABLE}.{split}')
+      return (_of_split(rendered.tiles, split, 'Tiles')
+              | f'Key_{split}' >> beam.Map(_keyed_tile,
+                                           beam.pvalue.AsSingleton(table)))
+
+    return split_tiles()  # pylint: disable=no-value-for-parameter
+
+
+class _RenderExamples(beam.DoFn):
+  """(split, scene) -> (split, (key, example)) for each of its examples."""
+
+  def __init__(self, render: Callable[[Any], Any]):
+    self._render = render
+
+  def process(self, split_scene):
+    split, scene = split_scene
+    examples = self._render(scene)
+    if examples is None:
+      count('scenes_failed_to_render')
+      return
+    count('scenes_rendered')
+    for key_example in examples:
+      yield split, key_example
+
+
+class ExampleSplits:
+  """The splits of a build whose `render(scene)` gives a list of (key,
+  example) or None (`mixed_exposure`)."""
+
+  def __init__(self, scenes, *, render, assign, dataset: str,
+               metadata_dir: str, examples_per_scene: int):
+    self._shared = OncePerPipeline(lambda pipeline: self._build(
+        pipeline, scenes, render, assign, dataset, metadata_dir,
+        examples_per_scene))
+    self.names = split_names(len(scenes))
+
+  @staticmethod
+  def _build(pipeline, scenes, render, assign, dataset, metadata_dir,
+             examples_per_scene):
+    with_split, _ = readable_scenes_by_split(
+        pipeline, scenes, assign=assign, dataset=dataset,
+        metadata_dir=metadata_dir, examples_per_scene=examples_per_scene)
+    return (with_split
+            | 'SpreadRenders' >> beam.Reshuffle()
+            | 'Render' >> beam.ParDo(_RenderExamples(render)))
+
+  def transform(self, split: str) -> beam.PTransform:
+    """The PTransform TFDS applies for `split`: -> (key, example)."""
+
+    @beam.ptransform_fn
+    def split_examples(pbegin):
+      return _of_split(self._shared(pbegin), split, 'Examples')
+
+    return split_examples()  # pylint: disable=no-value-for-parameter
