@@ -103,6 +103,19 @@ def beam_options(text: str | None):
   return options
 
 
+def _download_config(manual_dir: str | os.PathLike[str] | None,
+                     options: Any) -> tfds.download.DownloadConfig:
+  """TFDS's build settings: the manual_dir, and Beam's options and runner
+  when the build is on Beam (`raw_beam.direct_runner` for the DirectRunner).
+  """
+  runner = None
+  if options is not None:
+    from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
+    runner = raw_beam.direct_runner(options)
+  return tfds.download.DownloadConfig(manual_dir=_expand(manual_dir),
+                                      beam_options=options, beam_runner=runner)
+
+
 def _check_beam_capable(builder: tfds.core.DatasetBuilder, name: str) -> None:
   """Fails for datasets that do not render on Beam (copied or rendered
   files: their builds read a folder and are not what Beam is for)."""
@@ -265,8 +278,7 @@ def _build_locally(builder: tfds.core.DatasetBuilder, name: str,
     logging.info('Building %s into %s.', name, builder.data_dir)
     builder.download_and_prepare(
         file_format=FILE_FORMAT,
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=_expand(manual_dir), beam_options=options))
+        download_config=_download_config(manual_dir, options))
     source_record.record(builder.data_dir, source)
 
 
@@ -335,8 +347,7 @@ def _build_on_beam_into_bucket(builder: tfds.core.DatasetBuilder, name: str,
     logging.info('Building %s on Beam into %s.', name, staged.data_dir)
     staged.download_and_prepare(
         file_format=FILE_FORMAT,
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=_expand(manual_dir), beam_options=options))
+        download_config=_download_config(manual_dir, options))
     source_record.record(staged.data_dir, source)
     target = storage.path(builder.data_dir)
     storage.remove_tree(target)  # An earlier, interrupted copy.

@@ -35,6 +35,7 @@ TILE_FEATURE = 'tile'
 # Record keys of one split: scene i's tiles take keys from i * span up, so
 # the keys sort in write order and spread over the writer's spill buckets.
 _KEY_RANGE = 2**127
+_TILE_INDEX_BITS = 40  # Tiles per scene in `distributed_tile_key`.
 _PARALLEL_READ_MIN_TILES = 64  # See `TileRecords`.
 _DTYPES = {'uint8': np.dtype(np.uint8), 'uint16': np.dtype('<u2')}
 
@@ -47,10 +48,24 @@ def scene_order(split: str, scenes: Sequence[Any],
   scene name); the tiled layout keeps that order so that scene indices,
   and with them the samples a seed draws, are as they were.
   """
-  def order(scene):
-    key = name(scene).replace('\\', '/').encode()
-    return int(hashlib.md5(split.encode() + key).hexdigest(), 16)
-  return sorted(scenes, key=order)
+  return sorted(scenes, key=lambda scene: scene_order_key(split,
+                                                         name(scene)))
+
+
+def scene_order_key(split: str, scene: str) -> int:
+  """The 128-bit value `scene_order` sorts a split's scenes by."""
+  key = scene.replace('\\', '/').encode()
+  return int(hashlib.md5(split.encode() + key).hexdigest(), 16)
+
+
+def distributed_tile_key(split: str, scene: str, index: int) -> int:
+  """A record key for tile `index` of a scene that orders a split's tiles
+  as `SceneTableWriter`'s keys do (scenes in `scene_order`, then tiles),
+  computable from the scene alone, as a distributed build's workers need.
+  Only the order of keys reaches the dataset."""
+  if not 0 <= index < 2**_TILE_INDEX_BITS:
+    raise ValueError(f'Tile index {index} is out of range.')
+  return (scene_order_key(split, scene) << _TILE_INDEX_BITS) | index
 
 
 def grid(height: int, width: int, tile: int = TILE_SIZE) -> tuple[int, int]:

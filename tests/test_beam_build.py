@@ -177,3 +177,15 @@ def test_beam_workers_read_raws_from_and_write_the_dataset_to_a_bucket(
   local_record = json.loads(
       (_version_dir(name, tmp_path / 'local') / 'source.json').read_text())
   assert recorded == {**local_record, 'manual_dir': f'{gcs_bucket}/raws'}
+
+
+def test_the_direct_runner_runs_on_beams_fn_api_runner():
+  """DirectRunner options get the FnApiRunner (worker processes as asked,
+  no runner binary downloaded); other runners are left to Beam."""
+  from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=g-import-not-at-top
+  from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
+  for text in (TWO_WORKERS, f'runner=DirectRunner,{TWO_WORKERS}'):
+    assert isinstance(raw_beam.direct_runner(build.beam_options(text)),
+                      fn_runner.FnApiRunner)
+  assert raw_beam.direct_runner(build.beam_options(
+      'runner=DataflowRunner,project=p,region=r')) is None

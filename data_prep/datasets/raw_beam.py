@@ -12,7 +12,12 @@ pipeline:
   2. the scenes are split by the same rule over the same readable scenes
      (the rule needs them all, so it runs once on their collected names and
      reaches the renders as a side input);
-  3. the builder renders each readable scene once, as the local build does.
+  3. the builder renders each readable scene once, as the local build does,
+     and each render goes to its split's output at once, with record keys
+     that order the records as the local build's keys do (tiles:
+     `tiled_frames.distributed_tile_key`; examples: their own keys, which
+     TFDS hashes alike in both builds). Only the order of keys reaches the
+     dataset, so the records and their order are the local build's.
 The split names must be known when the pipeline is built: 'train' and
 'validation' with two or more listed RAWs, else 'train'. A build where fewer
 than two are readable fails with a message (the local build then writes
@@ -48,6 +53,33 @@ METADATA_FOLDER = 'beam_metadata'  # In the build folder; removed after.
 def count(name: str, value: int = 1) -> None:
   """Increments this project's Beam counter `name` (one of `COUNTERS`)."""
   metric.Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def direct_runner(options: Any) -> Any:
+  """The runner for options that name none or Beam's DirectRunner: Beam's
+  FnApiRunner, which honours `direct_num_workers` and `direct_running_mode`
+  (worker processes or threads); None for any other runner.
+
+  Beam's DirectRunner (2.78) first tries its Prism runner, a binary it
+  downloads from GitHub at run time: offline that fails and it falls back to
+  this FnApiRunner, online the build would run on another runner than the
+  worker processes asked for, and reach the network. Choosing the
+  FnApiRunner here, as the DirectRunner's fallback sets it up, makes a
+  DirectRunner build the same everywhere.
+  """
+  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability import portable_runner
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  # pylint: enable=g-import-not-at-top
+  name = options.view_as(pipeline_options.StandardOptions).runner
+  if name not in (None, 'DirectRunner', 'SwitchingDirectRunner'):
+    return None
+  encoded = portable_runner.JobServiceHandle.encode_pipeline_options(
+      options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def split_names(num_listed: int) -> list[str]:
@@ -209,17 +241,11 @@ def apply_values(metadata: dict[str, Any], values: dict[str, Any]) -> None:
       metadata[outer] = value
 
 
-def _of_split(pcollection: beam.PCollection, split: str, label: str
-              ) -> beam.PCollection:
-  """The elements (split, value) of `pcollection` in `split`, as values."""
-  return (pcollection
-          | f'{label}In_{split}' >> beam.Filter(lambda item: item[0] == split)
-          | f'{label}Of_{split}' >> beam.Map(lambda item: item[1]))
-
-
 class _RenderTiles(beam.DoFn):
-  """(split, scene) -> ('tile', (split, (scene name, index, bytes))) for
-  every tile, and (split, (scene entry, tile count)) on output 'scenes'."""
+  """(split, scene) -> (key, tile example) on the output named by the
+  split, for every tile of its frames, and (split, (scene entry, tile
+  count)) on output 'scenes'. The keys (`tiled_frames.distributed_tile_key`)
+  need nothing but the scene, so tiles go on to the writer at once."""
 
   def __init__(self, render: Callable[[Any], Any]):
     self._render = render
@@ -234,81 +260,59 @@ class _RenderTiles(beam.DoFn):
     entry = tiled_frames.scene_entry(fields, frames)
     tiles = 0
     for index, data in enumerate(tiled_frames.frame_tiles(frames)):
-      yield split, (scene.scene, index, data)
+      yield beam.pvalue.TaggedOutput(split, (
+          tiled_frames.distributed_tile_key(split, scene.scene, index),
+          {tiled_frames.TILE_FEATURE: data}))
       tiles += 1
     count('scenes_rendered')
     yield beam.pvalue.TaggedOutput('scenes', (split, (entry, tiles)))
 
 
-def _table_and_keys(entries: list, readable: int, *, split: str
-                    ) -> dict[str, Any]:
-  """The split's scene table and, per scene, (table index, key span): the
-  local build's keys (`tiled_frames.SceneTableWriter`), whose span counts
-  the split's readable scenes, rendered or not."""
-  table = tiled_frames.table_from_entries(split, entries)
-  span = tiled_frames.key_span(readable)
-  if any(count >= span for _, count in entries):
-    raise ValueError('Too many tiles for the key range of one scene.')
-  return {'table': table,
-          'keys': {entry['scene']: (index, span)
-                   for index, entry in enumerate(table)}}
-
-
-def _keyed_tile(tile, table_and_keys):
-  scene, index, data = tile
-  position, span = table_and_keys['keys'][scene]
-  return position * span + index, {tiled_frames.TILE_FEATURE: data}
-
-
 class TiledSplits:
   """The splits of a tiled build (`multi_exposure`): `render(scene)` gives
-  (scene fields, frames) or None; each split gets the tiles and scene table
-  the local build writes (`tiled_frames`), the table as metadata value
-  '<SCENE_TABLE>.<split>'."""
+  (scene fields, frames) or None; each split gets the records the local
+  build writes, in its order, and its scene table (`tiled_frames`) as the
+  metadata value '<SCENE_TABLE>.<split>'."""
 
   def __init__(self, scenes, *, render, assign, dataset: str,
                metadata_dir: str):
-    self._render = render
-    self._metadata_dir = metadata_dir
-    self._shared = OncePerPipeline(lambda pipeline: self._build(
-        pipeline, scenes, assign, dataset))
     self.names = split_names(len(scenes))
+    self._shared = OncePerPipeline(lambda pipeline: self._build(
+        pipeline, scenes, render, assign, dataset, metadata_dir))
 
-  def _build(self, pipeline, scenes, assign, dataset):
+  def _build(self, pipeline, scenes, render, assign, dataset, metadata_dir):
     with_split, _ = readable_scenes_by_split(
         pipeline, scenes, assign=assign, dataset=dataset,
-        metadata_dir=self._metadata_dir)
+        metadata_dir=metadata_dir)
     rendered = (with_split
                 | 'SpreadRenders' >> beam.Reshuffle()
-                | 'Render' >> beam.ParDo(_RenderTiles(self._render)
-                                         ).with_outputs('scenes', main='tiles'))
-    return with_split, rendered
+                | 'Render' >> beam.ParDo(_RenderTiles(render)).with_outputs(
+                    'scenes', *self.names))
+    for split in self.names:
+      table = (rendered.scenes
+               | f'ScenesOf_{split}' >> beam.Filter(
+                   lambda item, split=split: item[0] == split)
+               | f'Entries_{split}' >> beam.Map(lambda item: item[1])
+               | f'CollectScenes_{split}' >> beam.combiners.ToList()
+               | f'Table_{split}' >> beam.Map(
+                   lambda entries, split=split: tiled_frames.table_from_entries(
+                       split, entries)))
+      write_value(table, metadata_dir, f'{tiled_frames.SCENE_TABLE}.{split}')
+    return rendered
 
   def transform(self, split: str) -> beam.PTransform:
     """The PTransform TFDS applies for `split`: -> (key, example)."""
 
     @beam.ptransform_fn
     def split_tiles(pbegin):
-      with_split, rendered = self._shared(pbegin)
-      readable = (_of_split(with_split, split, 'Readable')
-                  | f'CountReadable_{split}' >> beam.combiners.Count.Globally())
-      table = (_of_split(rendered.scenes, split, 'Scenes')
-               | f'CollectScenes_{split}' >> beam.combiners.ToList()
-               | f'Table_{split}' >> beam.Map(
-                   _table_and_keys, beam.pvalue.AsSingleton(readable),
-                   split=split))
-      write_value(table | f'TableOnly_{split}' >> beam.Map(
-          lambda value: value['table']), self._metadata_dir,
-                  f'{tiled_frames.SCENE_TABLE}.{split}')
-      return (_of_split(rendered.tiles, split, 'Tiles')
-              | f'Key_{split}' >> beam.Map(_keyed_tile,
-                                           beam.pvalue.AsSingleton(table)))
+      return self._shared(pbegin)[split]
 
     return split_tiles()  # pylint: disable=no-value-for-parameter
 
 
 class _RenderExamples(beam.DoFn):
-  """(split, scene) -> (split, (key, example)) for each of its examples."""
+  """(split, scene) -> (key, example) on the output named by the split,
+  for each of the scene's examples."""
 
   def __init__(self, render: Callable[[Any], Any]):
     self._render = render
@@ -321,7 +325,7 @@ class _RenderExamples(beam.DoFn):
       return
     count('scenes_rendered')
     for key_example in examples:
-      yield split, key_example
+      yield beam.pvalue.TaggedOutput(split, key_example)
 
 
 class ExampleSplits:
@@ -330,26 +334,26 @@ class ExampleSplits:
 
   def __init__(self, scenes, *, render, assign, dataset: str,
                metadata_dir: str, examples_per_scene: int):
+    self.names = split_names(len(scenes))
     self._shared = OncePerPipeline(lambda pipeline: self._build(
         pipeline, scenes, render, assign, dataset, metadata_dir,
         examples_per_scene))
-    self.names = split_names(len(scenes))
 
-  @staticmethod
-  def _build(pipeline, scenes, render, assign, dataset, metadata_dir,
+  def _build(self, pipeline, scenes, render, assign, dataset, metadata_dir,
              examples_per_scene):
     with_split, _ = readable_scenes_by_split(
         pipeline, scenes, assign=assign, dataset=dataset,
         metadata_dir=metadata_dir, examples_per_scene=examples_per_scene)
     return (with_split
             | 'SpreadRenders' >> beam.Reshuffle()
-            | 'Render' >> beam.ParDo(_RenderExamples(render)))
+            | 'Render' >> beam.ParDo(_RenderExamples(render)).with_outputs(
+                *self.names))
 
   def transform(self, split: str) -> beam.PTransform:
     """The PTransform TFDS applies for `split`: -> (key, example)."""
 
     @beam.ptransform_fn
     def split_examples(pbegin):
-      return _of_split(self._shared(pbegin), split, 'Examples')
+      return self._shared(pbegin)[split]
 
     return split_examples()  # pylint: disable=no-value-for-parameter
