@@ -11,8 +11,8 @@ mixed_exposure/{sample,raw}, msec, sice, lcdp, lol/{v1,v2_real,v2_synthetic}
 (see data_prep/datasets/).
 Importing this module registers them all with TFDS.
 
-The RAW-rendering builds (multi_exposure/{sample,raw,raw_radiometry,
-raw_16bit}, mixed_exposure/{sample,raw}) render on Apache Beam when given
+The exposure-sequence builds (multi_exposure/*: RAW renders and rendered
+folders; mixed_exposure/*) run on Apache Beam when given
 `--beam_pipeline_options` (TFDS's flag and syntax: comma-separated Beam
 options without the leading dashes; needs the `.[beam]` extra): on the
 DirectRunner's processes, or Dataflow, Flink or Spark. They write the same
@@ -117,16 +117,12 @@ def _download_config(manual_dir: str | os.PathLike[str] | None,
 
 
 def _check_beam_capable(builder: tfds.core.DatasetBuilder, name: str) -> None:
-  """Fails for datasets that do not render on Beam (copied or rendered
-  files: their builds read a folder and are not what Beam is for)."""
-  config = getattr(builder, 'builder_config', None)
-  if (not isinstance(builder, raw_scenes.BeamBuildMixin)
-      or getattr(config, 'source', None) == 'rendered'):
+  """Fails for datasets that do not build on Beam: the copied benchmark
+  sets (msec, sice, lcdp, lol), whose builds read a download."""
+  if not isinstance(builder, raw_scenes.BeamBuildMixin):
     raise ValueError(
-        f'{name} does not build on Beam; only the RAW-rendering datasets '
-        '(multi_exposure/{sample,raw,raw_radiometry,raw_16bit}, '
-        'mixed_exposure/{sample,raw}) do. Build it without '
-        '--beam_pipeline_options.')
+        f'{name} does not build on Beam; multi_exposure/* and '
+        'mixed_exposure/* do. Build it without --beam_pipeline_options.')
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -226,8 +222,8 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
     allow_incomplete: build even if targets are missing or a test split has
       bad files, leaving those examples out and recording them (`omissions`).
     beam_pipeline_options: render on Apache Beam with these options (TFDS's
-      `--beam_pipeline_options` syntax, see `beam_options`); RAW-rendering
-      datasets only.
+      `--beam_pipeline_options` syntax, see `beam_options`);
+      multi_exposure/* and mixed_exposure/* only.
 
   Raises:
     FileNotFoundError: `manual_dir` is given but is no folder.
@@ -440,8 +436,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                     flag_values=flag_values)
   flags.DEFINE_string(
       'beam_pipeline_options', None,
-      'Render on Apache Beam (RAW-rendering datasets; needs the .[beam] '
-      'extra): comma-separated Beam options without dashes, as TFDS\'s '
+      'Build on Apache Beam (multi_exposure/*, mixed_exposure/*; needs the '
+      '.[beam] extra): comma-separated Beam options without dashes, as TFDS\'s '
       'flag, e.g. direct_num_workers=2,direct_running_mode=multi_processing '
       'or runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,'
       'requirements_file=R.txt.', flag_values=flag_values)

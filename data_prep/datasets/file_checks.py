@@ -31,6 +31,7 @@ import pathlib
 from typing import Iterable, Sequence
 
 from absl import logging
+import numpy as np
 
 from data_prep import image_codec
 
@@ -49,17 +50,29 @@ class Omission:
     return dataclasses.asdict(self)
 
 
-def _decoded_size(path: pathlib.Path) -> tuple[int, int] | str:
-  """(height, width) after decoding, or the reason the file is unusable."""
+def decode_file(path: pathlib.Path) -> np.ndarray | str:
+  """The decoded image (`image_codec.decode_image`), or the reason the file
+  is unusable."""
   try:
     data = path.read_bytes()
   except OSError as e:
     return f'unreadable ({e.strerror or e})'
   try:
-    image = image_codec.decode_image(data)
+    return image_codec.decode_image(data)
   except image_codec.ImageDecodeError as e:
     return str(e)
-  return image.shape[0], image.shape[1]
+
+
+def decoded_size(decoded: np.ndarray | str) -> tuple[int, int] | str:
+  """(height, width) of what `decode_file` gave, or its reason."""
+  if isinstance(decoded, str):
+    return decoded
+  return decoded.shape[0], decoded.shape[1]
+
+
+def _decoded_size(path: pathlib.Path) -> tuple[int, int] | str:
+  """(height, width) after decoding, or the reason the file is unusable."""
+  return decoded_size(decode_file(path))
 
 
 def decode_all(paths: Iterable[pathlib.Path]

@@ -192,11 +192,11 @@ class MultiExposure(raw_scenes.BeamBuildMixin, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
+    if self._beam_build:
+      return self._beam_split_generators(dl_manager)
     if config.source == 'rendered':
       return self._rendered_split_generators(
           pathlib.Path(os.fspath(dl_manager.manual_dir)))
-    if self._beam_build:
-      return self._beam_split_generators(dl_manager)
     scenes, split_of, left_out = raw_scenes.usable_raw_scenes(
         self, f'multi_exposure/{config.name}', config.source, dl_manager,
         config.validation_fraction)
@@ -212,14 +212,29 @@ class MultiExposure(raw_scenes.BeamBuildMixin, tfds.core.GeneratorBasedBuilder):
     from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
     config = self.builder_config
     dataset = f'multi_exposure/{config.name}'
-    scenes, assign = raw_scenes.listed_raw_scenes(self, dataset, config.source,
-                                       dl_manager, config.validation_fraction)
-    splits = raw_beam.TiledSplits(
-        scenes, assign=assign, dataset=dataset,
-        metadata_dir=self._beam_metadata_folder(),
-        render=functools.partial(
-            render_raw_scene, evs=config.evs, bits=config.bits,
-            tone_curve=config.tone_curve, half_size=config.half_size))
+    if config.source == 'rendered':
+      if storage.is_remote(dl_manager.manual_dir):
+        raise ValueError(
+            f'{dataset} on Beam reads a local folder of rendered sequences, '
+            f'not {dl_manager.manual_dir}; build it without '
+            '--beam_pipeline_options (a bucket folder is then copied down), '
+            'or build the RAWs with a raw config.')
+      scenes, split_of = self._rendered_scenes(
+          pathlib.Path(os.fspath(dl_manager.manual_dir)))
+      splits = raw_beam.listed_tiled_splits(
+          [(split_of[scene.scene], scene) for scene in scenes],
+          render=rendered_layout.RenderedScene.checked_frames,
+          dataset=dataset, metadata_dir=self._beam_metadata_folder())
+    else:
+      scenes, assign = raw_scenes.listed_raw_scenes(
+          self, dataset, config.source, dl_manager,
+          config.validation_fraction)
+      splits = raw_beam.raw_tiled_splits(
+          scenes, assign=assign, dataset=dataset,
+          metadata_dir=self._beam_metadata_folder(),
+          render=functools.partial(
+              render_raw_scene, evs=config.evs, bits=config.bits,
+              tone_curve=config.tone_curve, half_size=config.half_size))
     return {split: splits.transform(split) for split in splits.names}
 
   def _group(self, scenes, split_of) -> dict[str, Any]:
@@ -252,7 +267,11 @@ class MultiExposure(raw_scenes.BeamBuildMixin, tfds.core.GeneratorBasedBuilder):
           f'None of the RAW files {[s.path.name for s in scenes]} could be '
           'decoded (see the warnings above).')
 
-  def _rendered_split_generators(self, manual_dir: pathlib.Path):
+  def _rendered_scenes(self, manual_dir: pathlib.Path
+                       ) -> tuple[list[rendered_layout.RenderedScene],
+                                  dict[str, str]]:
+    """The rendered folder's scenes and their splits (recorded in the
+    metadata's 'split_source')."""
     config = self.builder_config
     scenes = rendered_layout.find_sequences(manual_dir, evs=config.evs)
     roots = {manual_dir} | {path.parent.parent for scene in scenes
@@ -260,6 +279,11 @@ class MultiExposure(raw_scenes.BeamBuildMixin, tfds.core.GeneratorBasedBuilder):
     split_of, split_source = scene_split.assign_from_list_or_hash(
         [s.scene for s in scenes], roots, config.validation_fraction)
     self.info.metadata['split_source'] = split_source
+    return scenes, split_of
+
+  def _rendered_split_generators(self, manual_dir: pathlib.Path):
+    config = self.builder_config
+    scenes, split_of = self._rendered_scenes(manual_dir)
     omissions = file_checks.Omissions(f'multi_exposure/{config.name}',
                                       allow_incomplete=False)
     sizes = file_checks.decode_all(

@@ -41,6 +41,7 @@ from apache_beam.metrics import metric
 from etils import epath
 
 from data_prep import tiled_frames
+from data_prep.datasets import file_checks
 from data_prep.datasets import raw_scenes
 from data_prep.datasets import scene_split
 
@@ -245,7 +246,10 @@ class _RenderTiles(beam.DoFn):
   """(split, scene) -> (key, tile example) on the output named by the
   split, for every tile of its frames, and (split, (scene entry, tile
   count)) on output 'scenes'. The keys (`tiled_frames.distributed_tile_key`)
-  need nothing but the scene, so tiles go on to the writer at once."""
+  need nothing but the scene, so tiles go on to the writer at once.
+  `render(scene)` gives (fields, frames); None when it cannot be rendered
+  (logged there); or a reason, which goes to output 'problems' as (split,
+  scene name, reason)."""
 
   def __init__(self, render: Callable[[Any], Any]):
     self._render = render
@@ -253,8 +257,12 @@ class _RenderTiles(beam.DoFn):
   def process(self, split_scene):
     split, scene = split_scene
     rendered = self._render(scene)
-    if rendered is None:
+    if rendered is None or isinstance(rendered, str):
       count('scenes_failed_to_render')
+      if rendered is not None:
+        logging.warning('Leaving out scene %s: %s', scene.scene, rendered)
+        yield beam.pvalue.TaggedOutput('problems',
+                                       (split, scene.scene, rendered))
       return
     fields, frames = rendered
     entry = tiled_frames.scene_entry(fields, frames)
@@ -269,25 +277,30 @@ class _RenderTiles(beam.DoFn):
 
 
 class TiledSplits:
-  """The splits of a tiled build (`multi_exposure`): `render(scene)` gives
-  (scene fields, frames) or None; each split gets the records the local
-  build writes, in its order, and its scene table (`tiled_frames`) as the
-  metadata value '<SCENE_TABLE>.<split>'."""
+  """The splits of a tiled build (`multi_exposure`): each gets the records
+  the local build writes, in its order, and its scene table
+  (`tiled_frames`) as the metadata value '<SCENE_TABLE>.<split>'.
 
-  def __init__(self, scenes, *, render, assign, dataset: str,
-               metadata_dir: str):
-    self.names = split_names(len(scenes))
+  Args:
+    names: the splits.
+    scenes_by_split: pipeline -> PCollection of (split, scene).
+    render: see `_RenderTiles`.
+    metadata_dir: where the workers write metadata values.
+    finish: optional; called with the render's outputs ('scenes',
+      'problems') to add stages (e.g. the omission records).
+  """
+
+  def __init__(self, names: Sequence[str], *, scenes_by_split, render,
+               metadata_dir: str, finish=None):
+    self.names = list(names)
     self._shared = OncePerPipeline(lambda pipeline: self._build(
-        pipeline, scenes, render, assign, dataset, metadata_dir))
+        pipeline, scenes_by_split, render, metadata_dir, finish))
 
-  def _build(self, pipeline, scenes, render, assign, dataset, metadata_dir):
-    with_split, _ = readable_scenes_by_split(
-        pipeline, scenes, assign=assign, dataset=dataset,
-        metadata_dir=metadata_dir)
-    rendered = (with_split
+  def _build(self, pipeline, scenes_by_split, render, metadata_dir, finish):
+    rendered = (scenes_by_split(pipeline)
                 | 'SpreadRenders' >> beam.Reshuffle()
                 | 'Render' >> beam.ParDo(_RenderTiles(render)).with_outputs(
-                    'scenes', *self.names))
+                    'scenes', 'problems', *self.names))
     for split in self.names:
       table = (rendered.scenes
                | f'ScenesOf_{split}' >> beam.Filter(
@@ -298,6 +311,8 @@ class TiledSplits:
                    lambda entries, split=split: tiled_frames.table_from_entries(
                        split, entries)))
       write_value(table, metadata_dir, f'{tiled_frames.SCENE_TABLE}.{split}')
+    if finish is not None:
+      finish(rendered)
     return rendered
 
   def transform(self, split: str) -> beam.PTransform:
@@ -308,6 +323,62 @@ class TiledSplits:
       return self._shared(pbegin)[split]
 
     return split_tiles()  # pylint: disable=no-value-for-parameter
+
+
+def raw_tiled_splits(scenes: Sequence[raw_scenes.RawScene], *, render, assign,
+                     dataset: str, metadata_dir: str) -> TiledSplits:
+  """`TiledSplits` of RAW scenes: probed and split in the pipeline
+  (`readable_scenes_by_split`), rendered by `render(scene)`."""
+  return TiledSplits(
+      split_names(len(scenes)), render=render, metadata_dir=metadata_dir,
+      scenes_by_split=lambda pipeline: readable_scenes_by_split(
+          pipeline, scenes, assign=assign, dataset=dataset,
+          metadata_dir=metadata_dir)[0])
+
+
+def _omission_metadata(problems: list, entries: list, *, dataset: str,
+                       splits: Sequence[str]) -> dict[str, Any]:
+  """'kept' and 'left_out' as the local build records them
+  (`file_checks.Omissions`, problems in scene order), or its failure."""
+  omissions = file_checks.Omissions(dataset, allow_incomplete=False)
+  for split, scene, reason in sorted(problems, key=lambda item: item[1]):
+    omissions.add(split, scene, reason)
+  kept: dict[str, int] = {}
+  for split, _ in entries:
+    kept[split] = kept.get(split, 0) + 1
+  omissions.finish(kept)
+  empty = [split for split in splits if not kept.get(split)]
+  if empty:
+    raise ValueError(
+        f'{dataset}: no usable scene is left in split(s) {empty}, which a '
+        'Beam build cannot write. Fix the files named above, or build '
+        'without --beam_pipeline_options.')
+  return omissions.metadata()
+
+
+def listed_tiled_splits(scenes_and_splits: Sequence[tuple[str, Any]], *,
+                        render, dataset: str,
+                        metadata_dir: str) -> TiledSplits:
+  """`TiledSplits` of scenes split before the build (`multi_exposure/
+  rendered`), whose `render(scene)` checks them: unusable scenes are left
+  out and recorded as the local build records them."""
+  names = sorted({split for split, _ in scenes_and_splits})
+
+  def finish(rendered):
+    entries = rendered.scenes | 'CollectEntries' >> beam.combiners.ToList()
+    metadata = (rendered.problems
+                | 'CollectProblems' >> beam.combiners.ToList()
+                | 'Omissions' >> beam.Map(
+                    _omission_metadata, beam.pvalue.AsSingleton(entries),
+                    dataset=dataset, splits=names))
+    for key in ('kept', 'left_out'):
+      write_value(metadata | f'Only_{key}' >> beam.Map(
+          lambda value, key=key: value[key]), metadata_dir, key)
+
+  return TiledSplits(
+      names, render=render, metadata_dir=metadata_dir, finish=finish,
+      scenes_by_split=lambda pipeline: pipeline | 'ListScenes' >> beam.Create(
+          list(scenes_and_splits)))
 
 
 class _RenderExamples(beam.DoFn):

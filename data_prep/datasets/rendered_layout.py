@@ -28,6 +28,7 @@ from data_prep import ev_tags
 from data_prep import image_codec
 from data_prep import render_raw
 from data_prep import camera_tags
+from data_prep.datasets import file_checks
 from data_prep.datasets import manual_layout
 
 EXPECTED_LAYOUT = ('<scene>_<tag>.png files (render_raw output) or '
@@ -42,6 +43,11 @@ class RenderedScene:
   camera: str = ''
   source: str = ''
 
+  def fields(self) -> dict[str, Any]:
+    """The scene's fields in `multi_exposure`'s scene table."""
+    return {'scene': self.scene, 'evs': [ev for ev, _ in self.frames],
+            'camera': self.camera, 'source': self.source}
+
   def to_frames(self) -> tuple[dict[str, Any], list[np.ndarray]]:
     """(scene fields, decoded frames in EV order) for `multi_exposure`'s
     scene table and tiles; fails if frame sizes differ."""
@@ -52,8 +58,19 @@ class RenderedScene:
       raise ValueError(
           f'Scene {self.scene!r}: its frames differ in size: '
           + ', '.join(f'{p.name} {w}x{h}' for p, (h, w) in sizes.items()))
-    return {'scene': self.scene, 'evs': [ev for ev, _ in self.frames],
-            'camera': self.camera, 'source': self.source}, frames
+    return self.fields(), frames
+
+  def checked_frames(self) -> tuple[dict[str, Any], list[np.ndarray]] | str:
+    """Each frame decoded once (`file_checks.decode_file`): (fields,
+    frames) as `to_frames` gives them, or the reason the scene is unusable,
+    as `scene_problem` words it (for builds that check and store in one
+    pass, as a Beam worker does)."""
+    decoded = {path: file_checks.decode_file(path) for _, path in self.frames}
+    reason = scene_problem(self, {path: file_checks.decoded_size(image)
+                                  for path, image in decoded.items()})
+    if reason is not None:
+      return reason
+    return self.fields(), [decoded[path] for _, path in self.frames]
 
 
 def scene_problem(scene: RenderedScene, sizes: dict) -> str | None:
