@@ -23,7 +23,6 @@ import functools
 import math
 from typing import Any, Iterator
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -31,7 +30,6 @@ from data_prep import camera_tags
 from data_prep import image_codec
 from data_prep import mixed_exposure as mixed_render
 from data_prep import raw_render
-from data_prep import storage
 from data_prep.datasets import raw_scenes
 from data_prep.datasets import paired
 
@@ -62,12 +60,10 @@ def scene_examples(scene: raw_scenes.RawScene, *, maps_per_raw: int,
   """(key, example) of each of a RAW's mixed-exposure renders, all from one
   decode (a RAW in a bucket downloaded once); None (logged) when the RAW
   cannot be decoded."""
-  with storage.local_copy(scene.path) as local:
-    try:
-      image = raw_render.decode_raw(local, half_size=half_size)
-    except raw_render.RawDecodeError as e:
-      logging.warning('Skipping RAW %s: %s', scene.path, e)
+  with raw_scenes.decoded(scene, half_size) as opened:
+    if opened is None:
       return None
+    image, local = opened
     content_seed = mixed_render.content_seed(local, seed)
     camera = camera_tags.camera_name(local)
   target = image_codec.encode_png(raw_render.expose(image, 0.0))

@@ -122,13 +122,11 @@ def render_raw_scene(scene: raw_scenes.RawScene, evs: Sequence[float], bits: int
                      ) -> tuple[dict[str, Any], list[np.ndarray]] | None:
   """(scene fields, frames in `evs` order) of one RAW, decoded once and
   rendered at every EV; None (logged) when the RAW cannot be decoded.
-  A RAW in a bucket is downloaded once for both (`storage.local_copy`)."""
-  with storage.local_copy(scene.path) as local:
-    try:
-      image = raw_render.decode_raw(local, half_size=half_size)
-    except raw_render.RawDecodeError as e:
-      logging.warning('Skipping RAW %s: %s', scene.path, e)
+  A RAW in a bucket is downloaded once (`raw_scenes.decoded`)."""
+  with raw_scenes.decoded(scene, half_size) as opened:
+    if opened is None:
       return None
+    image, local = opened
     camera = camera_tags.camera_name(local)
   renders = raw_render.render_exposures(image, evs, bits=bits,
                                         tone_curve=tone_curve)

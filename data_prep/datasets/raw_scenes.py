@@ -13,13 +13,14 @@ A RAW may be in a bucket (gs://...): it is read through a local copy
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 import weakref
 
 from absl import logging
@@ -27,6 +28,7 @@ from etils import epath
 import rawpy
 import tensorflow_datasets as tfds
 
+from data_prep import raw_render
 from data_prep import render_raw
 from data_prep import sample_scenes
 from data_prep import storage
@@ -58,6 +60,23 @@ def probe_raw(path: pathlib.Path) -> str | None:
   except (rawpy.LibRawError, OSError, ValueError) as e:
     return f'{type(e).__name__}: {e}'
   return None
+
+
+@contextlib.contextmanager
+def decoded(scene: RawScene, half_size: bool
+            ) -> Iterator[tuple[raw_render.LinearImage, Any] | None]:
+  """The scene's RAW decoded once (`raw_render.decode_raw`), with a local
+  path of its file for readers of its tags or bytes (a RAW in a bucket is
+  downloaded once, `storage.local_copy`): yields (image, local path), or
+  None (logged) when the RAW cannot be decoded."""
+  with storage.local_copy(scene.path) as local:
+    try:
+      image = raw_render.decode_raw(local, half_size=half_size)
+    except raw_render.RawDecodeError as e:
+      logging.warning('Skipping RAW %s: %s', scene.path, e)
+      yield None
+      return
+    yield image, local
 
 
 def usable_raws(scenes: Sequence[RawScene],
