@@ -327,6 +327,10 @@ def test_dense_conv_shift_matches_lax(c_in, c_out, k, pad):
   ref = recnet_conv_ops.grouped_conv_lax(x, kernel, 1, pad)
   assert fast.shape == ref.shape
   np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=1e-5)
+  # Under differentiation the forward may take the other formulation.
+  primal, _ = jax.vjp(lambda a, b: recnet_conv_ops.dense_conv_shift(a, b, pad),
+                      x, kernel)
+  np.testing.assert_allclose(primal, ref, atol=1e-5, rtol=1e-5)
   cotangent = _uniform(rng, *ref.shape)
   grads = [jax.grad(lambda a, b, f=f: jnp.sum(f(a, b) * cotangent), (0, 1))(
       x, kernel) for f in (
