@@ -238,16 +238,15 @@ def ensure_prepared(name: str, data_dir: str | os.PathLike[str] | None,
   if builder.is_prepared():
     _check_source(builder, name, data_dir, manual_dir, source)
     return
-  if options is not None and storage.is_remote(data_dir):
-    _build_on_beam_into_bucket(builder, name, data_dir, manual_dir, source,
-                               allow_incomplete, options)
-  elif options is not None or not (storage.is_remote(data_dir) or
-                                   storage.is_remote(manual_dir)):
-    # Beam workers read a RAW folder in a bucket themselves.
-    _build_locally(builder, name, data_dir, manual_dir, source, options)
-  else:
+  remote = storage.is_remote(data_dir) or storage.is_remote(manual_dir)
+  if options is None and remote:
     _prepare_through_staging(builder, name, data_dir, manual_dir, source,
                              allow_incomplete)
+  elif options is not None and storage.is_remote(data_dir):
+    _build_on_beam_into_bucket(builder, name, data_dir, manual_dir, source,
+                               allow_incomplete, options)
+  else:  # Beam workers read a RAW folder in a bucket themselves.
+    _build_locally(builder, name, data_dir, manual_dir, source, options)
 
 
 def _check_source(builder: tfds.core.DatasetBuilder, name: str,

@@ -144,10 +144,10 @@ def copy_tree(source: PathLike, destination: PathLike, *,
               last: Iterable[str] = ()) -> int:
   """Copies the files under `source` to `destination`; returns the count.
 
-  Either side may be a URL (bucket to bucket is a copy inside the object
-  store, not a download and upload). Files named in `last` (relative paths) are
-  copied after all others, so a reader that waits for them (TFDS waits for
-  `dataset_info.json`) never sees a partial copy as complete.
+  Either side may be a URL (see `copy_file`). Files named in `last`
+  (relative paths) are copied after all others, so a reader that waits for
+  them (TFDS waits for `dataset_info.json`) never sees a partial copy as
+  complete.
   """
   source, destination = path(source), path(destination)
   last = set(last)
@@ -156,16 +156,22 @@ def copy_tree(source: PathLike, destination: PathLike, *,
   for file in files:
     target = destination / os.fspath(file.relative_to(source))
     target.parent.mkdir(parents=True, exist_ok=True)
-    if is_remote(source) and is_remote(target):
-      # Within the object store (one bucket to another, or the same):
-      # copied there, no bytes through this machine.
-      fsspec.filesystem('gcs').copy(os.fspath(file), os.fspath(target))
-    elif is_remote(source) or is_remote(target):
-      with file.open('rb') as reader, target.open('wb') as writer:
-        shutil.copyfileobj(reader, writer, _COPY_CHUNK)
-    else:
-      shutil.copyfile(file, target)
+    copy_file(file, target)
   return len(files)
+
+
+def copy_file(source: PathLike, destination: PathLike) -> None:
+  """Copies one file; either side may be a URL. Bucket to bucket is a copy
+  inside the object store (no bytes through this machine); an upload is one
+  object, visible only once complete."""
+  source, destination = path(source), path(destination)
+  if is_remote(source) and is_remote(destination):
+    fsspec.filesystem('gcs').copy(os.fspath(source), os.fspath(destination))
+  elif is_remote(source) or is_remote(destination):
+    with source.open('rb') as reader, destination.open('wb') as writer:
+      shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+  else:
+    shutil.copyfile(source, destination)
 
 
 @contextlib.contextmanager
@@ -176,11 +182,11 @@ def local_copy(location: PathLike) -> Iterator[PathLike]:
   if not is_remote(location):
     yield location
     return
-  source = path(location)
-  handle, local = tempfile.mkstemp(prefix='expcorr_', suffix=source.suffix)
+  handle, local = tempfile.mkstemp(prefix='expcorr_',
+                                   suffix=path(location).suffix)
+  os.close(handle)
   try:
-    with os.fdopen(handle, 'wb') as writer, source.open('rb') as reader:
-      shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+    copy_file(location, local)
     yield local
   finally:
     os.unlink(local)

@@ -17,7 +17,6 @@ file and uploads it whole; a reader never sees a partial shard.
 """
 
 import os
-import shutil
 import struct
 import tempfile
 from typing import Iterable, Iterator
@@ -88,9 +87,7 @@ class BucketExampleWriter(writer_lib.ExampleWriter):
     with tempfile.TemporaryDirectory(prefix='expcorr_shard_') as folder:
       local = os.path.join(folder, epath.Path(path).name)
       positions = super().write(local, examples)
-      # One upload: the object appears only once complete.
-      with open(local, 'rb') as reader, storage.path(path).open('wb') as out:
-        shutil.copyfileobj(reader, out, 16 << 20)
+      storage.copy_file(local, path)
     return positions
 
 

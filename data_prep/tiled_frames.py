@@ -87,12 +87,6 @@ def split_into_tiles(image: np.ndarray, tile: int = TILE_SIZE
                                  ).tobytes()
 
 
-def key_span(num_scenes: int) -> int:
-  """Record keys per scene when a split holds `num_scenes` scenes: scene i
-  of the split's table takes keys from i * span up."""
-  return _KEY_RANGE // max(1, num_scenes)
-
-
 def scene_entry(fields: dict[str, Any], frames: Sequence[np.ndarray]
                 ) -> dict[str, Any]:
   """A scene's entry in the scene table, less `first_record`: `fields` plus
@@ -139,7 +133,7 @@ class SceneTableWriter:
   def __init__(self, num_scenes: int, tile: int = TILE_SIZE):
     self.tile = tile
     self.scenes: list[dict[str, Any]] = []
-    self._span = key_span(num_scenes)
+    self._span = _KEY_RANGE // max(1, num_scenes)
     self._next_record = 0
 
   def add_scene(self, fields: dict[str, Any], frames: Sequence[np.ndarray]

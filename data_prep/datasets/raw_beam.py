@@ -32,6 +32,7 @@ own `BeamMetadataDict` does. Counters (`COUNTERS`, namespace
 builders log them.
 """
 
+import collections
 import json
 from typing import Any, Callable, Sequence
 
@@ -151,10 +152,8 @@ def _left_out(unreadable: list) -> list[dict]:
 
 
 def _kept(split_of: dict[str, str], examples_per_scene: int) -> dict:
-  kept: dict[str, int] = {}
-  for split in split_of.values():
-    kept[split] = kept.get(split, 0) + examples_per_scene
-  return kept
+  return {split: scenes * examples_per_scene
+          for split, scenes in collections.Counter(split_of.values()).items()}
 
 
 def readable_scenes_by_split(pipeline: beam.Pipeline,
@@ -168,8 +167,7 @@ def readable_scenes_by_split(pipeline: beam.Pipeline,
   local build counts them) and 'left_out' (unreadable RAWs).
 
   Returns:
-    (PCollection of (split, scene) for every readable scene, singleton
-    PCollection of the scene -> split dict).
+    PCollection of (split, scene) for every readable scene.
   """
   splits = split_names(len(scenes))
   probed = (pipeline
@@ -190,10 +188,9 @@ def readable_scenes_by_split(pipeline: beam.Pipeline,
               'left_out')
   write_value(split_of | 'Kept' >> beam.Map(
       _kept, examples_per_scene=examples_per_scene), metadata_dir, 'kept')
-  with_split = probed.readable | 'WithSplit' >> beam.Map(
+  return probed.readable | 'WithSplit' >> beam.Map(
       lambda scene, split_of: (split_of[scene.scene], scene),
       beam.pvalue.AsSingleton(split_of))
-  return with_split, split_of
 
 
 def _write_json(value: Any, path: str) -> None:
@@ -276,7 +273,29 @@ class _RenderTiles(beam.DoFn):
     yield beam.pvalue.TaggedOutput('scenes', (split, (entry, tiles)))
 
 
-class TiledSplits:
+class _SharedSplits:
+  """Splits whose records come from one shared part of the pipeline:
+  `_build(pipeline)` builds it once (`OncePerPipeline`) and returns the
+  render's outputs, one per split name."""
+
+  def __init__(self, names: Sequence[str]):
+    self.names = list(names)
+    self._shared = OncePerPipeline(self._build)
+
+  def _build(self, pipeline: beam.Pipeline) -> Any:
+    raise NotImplementedError
+
+  def transform(self, split: str) -> beam.PTransform:
+    """The PTransform TFDS applies for `split`: -> (key, example)."""
+
+    @beam.ptransform_fn
+    def split_records(pbegin):
+      return self._shared(pbegin)[split]
+
+    return split_records()  # pylint: disable=no-value-for-parameter
+
+
+class TiledSplits(_SharedSplits):
   """The splits of a tiled build (`multi_exposure`): each gets the records
   the local build writes, in its order, and its scene table
   (`tiled_frames`) as the metadata value '<SCENE_TABLE>.<split>'.
@@ -292,15 +311,18 @@ class TiledSplits:
 
   def __init__(self, names: Sequence[str], *, scenes_by_split, render,
                metadata_dir: str, finish=None):
-    self.names = list(names)
-    self._shared = OncePerPipeline(lambda pipeline: self._build(
-        pipeline, scenes_by_split, render, metadata_dir, finish))
+    super().__init__(names)
+    self._scenes_by_split = scenes_by_split
+    self._render = render
+    self._metadata_dir = metadata_dir
+    self._finish = finish
 
-  def _build(self, pipeline, scenes_by_split, render, metadata_dir, finish):
-    rendered = (scenes_by_split(pipeline)
+  def _build(self, pipeline):
+    metadata_dir = self._metadata_dir
+    rendered = (self._scenes_by_split(pipeline)
                 | 'SpreadRenders' >> beam.Reshuffle()
-                | 'Render' >> beam.ParDo(_RenderTiles(render)).with_outputs(
-                    'scenes', 'problems', *self.names))
+                | 'Render' >> beam.ParDo(_RenderTiles(self._render))
+                .with_outputs('scenes', 'problems', *self.names))
     for split in self.names:
       table = (rendered.scenes
                | f'ScenesOf_{split}' >> beam.Filter(
@@ -311,18 +333,9 @@ class TiledSplits:
                    lambda entries, split=split: tiled_frames.table_from_entries(
                        split, entries)))
       write_value(table, metadata_dir, f'{tiled_frames.SCENE_TABLE}.{split}')
-    if finish is not None:
-      finish(rendered)
+    if self._finish is not None:
+      self._finish(rendered)
     return rendered
-
-  def transform(self, split: str) -> beam.PTransform:
-    """The PTransform TFDS applies for `split`: -> (key, example)."""
-
-    @beam.ptransform_fn
-    def split_tiles(pbegin):
-      return self._shared(pbegin)[split]
-
-    return split_tiles()  # pylint: disable=no-value-for-parameter
 
 
 def raw_tiled_splits(scenes: Sequence[raw_scenes.RawScene], *, render, assign,
@@ -333,7 +346,7 @@ def raw_tiled_splits(scenes: Sequence[raw_scenes.RawScene], *, render, assign,
       split_names(len(scenes)), render=render, metadata_dir=metadata_dir,
       scenes_by_split=lambda pipeline: readable_scenes_by_split(
           pipeline, scenes, assign=assign, dataset=dataset,
-          metadata_dir=metadata_dir)[0])
+          metadata_dir=metadata_dir))
 
 
 def _omission_metadata(problems: list, entries: list, *, dataset: str,
@@ -343,9 +356,7 @@ def _omission_metadata(problems: list, entries: list, *, dataset: str,
   omissions = file_checks.Omissions(dataset, allow_incomplete=False)
   for split, scene, reason in sorted(problems, key=lambda item: item[1]):
     omissions.add(split, scene, reason)
-  kept: dict[str, int] = {}
-  for split, _ in entries:
-    kept[split] = kept.get(split, 0) + 1
+  kept = dict(collections.Counter(split for split, _ in entries))
   omissions.finish(kept)
   empty = [split for split in splits if not kept.get(split)]
   if empty:
@@ -399,32 +410,20 @@ class _RenderExamples(beam.DoFn):
       yield beam.pvalue.TaggedOutput(split, key_example)
 
 
-class ExampleSplits:
+class ExampleSplits(_SharedSplits):
   """The splits of a build whose `render(scene)` gives a list of (key,
   example) or None (`mixed_exposure`)."""
 
   def __init__(self, scenes, *, render, assign, dataset: str,
                metadata_dir: str, examples_per_scene: int):
-    self.names = split_names(len(scenes))
-    self._shared = OncePerPipeline(lambda pipeline: self._build(
-        pipeline, scenes, render, assign, dataset, metadata_dir,
-        examples_per_scene))
-
-  def _build(self, pipeline, scenes, render, assign, dataset, metadata_dir,
-             examples_per_scene):
-    with_split, _ = readable_scenes_by_split(
+    super().__init__(split_names(len(scenes)))
+    self._scenes_by_split = lambda pipeline: readable_scenes_by_split(
         pipeline, scenes, assign=assign, dataset=dataset,
         metadata_dir=metadata_dir, examples_per_scene=examples_per_scene)
-    return (with_split
+    self._render = render
+
+  def _build(self, pipeline):
+    return (self._scenes_by_split(pipeline)
             | 'SpreadRenders' >> beam.Reshuffle()
-            | 'Render' >> beam.ParDo(_RenderExamples(render)).with_outputs(
-                *self.names))
-
-  def transform(self, split: str) -> beam.PTransform:
-    """The PTransform TFDS applies for `split`: -> (key, example)."""
-
-    @beam.ptransform_fn
-    def split_examples(pbegin):
-      return self._shared(pbegin)[split]
-
-    return split_examples()  # pylint: disable=no-value-for-parameter
+            | 'Render' >> beam.ParDo(_RenderExamples(self._render))
+            .with_outputs(*self.names))

@@ -139,18 +139,16 @@ class BeamBuildMixin:
   (kept, left out, scene tables) into the dataset's metadata."""
 
   _beam_build = False
-  _beam_metadata_dir: str | None = None
 
   def _download_and_prepare(self, dl_manager, download_config):
     self._beam_build = beam_requested(download_config)
     return super()._download_and_prepare(dl_manager, download_config)
 
   def _beam_metadata_folder(self) -> str:
-    """A folder in the build folder that the Beam workers write to."""
+    """A folder in the build folder (TFDS's `incomplete.*` folder while it
+    builds) that the Beam workers write to."""
     from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
-    self._beam_metadata_dir = os.fspath(
-        epath.Path(self.data_dir) / raw_beam.METADATA_FOLDER)
-    return self._beam_metadata_dir
+    return os.fspath(epath.Path(self.data_dir) / raw_beam.METADATA_FOLDER)
 
   def _example_writer(self):
     """Shards may go to a bucket when Beam workers write them."""
@@ -159,9 +157,8 @@ class BeamBuildMixin:
   def _process_pipeline_result(self, pipeline_result):
     from data_prep.datasets import raw_beam  # pylint: disable=g-import-not-at-top
     raw_beam.log_counters(pipeline_result, self.info.full_name)
-    if self._beam_metadata_dir is not None:
-      raw_beam.apply_values(self.info.metadata,
-                            raw_beam.read_values(self._beam_metadata_dir))
+    raw_beam.apply_values(self.info.metadata,
+                          raw_beam.read_values(self._beam_metadata_folder()))
 
 
 def sample_raw_scenes(owner: Any) -> list[RawScene]:
