@@ -2,7 +2,7 @@ r"""The UEC training loader on full-size frames: what a sample costs the host.
 
   python benchmarks/input_pipeline.py [--scenes=12] [--size=2000x3000] \
       [--formats=jpeg,png16] [--layouts=files,tiles] [--workers=0,1,2] \
-      [--batches=4] [--min_pass_seconds=10] [--repeat=100]
+      [--batches=4] [--min_pass_seconds=10] [--repeat=100] [--work_dir=DIR]
 
 Makes a full-size exposure-sequence set (--scenes x 5 EVs, frames of
 --size, from scikit-image's photos upscaled with per-scene noise; JPEG q95
@@ -38,6 +38,7 @@ The machine must be otherwise idle.
 import math
 import os
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,6 +68,9 @@ _MIN_PASS_SECONDS = flags.DEFINE_float(
 _REPEAT = flags.DEFINE_integer(
     'repeat', 100, 'Each scene appears this many times to the loader (see '
     'RepeatedScenes).')
+_WORK_DIR = flags.DEFINE_string(
+    'work_dir', None, 'Make and build the sets here and keep them, reusing '
+    'what an earlier run left (default: a temporary folder).')
 _LAYOUTS = flags.DEFINE_list(
     'layouts', ['files', 'tiles'],
     'files: whole frames decoded from the rendered files (the 1.x cost); '
@@ -184,10 +188,10 @@ class CountingTiles:
   def __len__(self):
     return len(self._tiles)
 
-  def read(self, indices):
-    tiles = self._tiles.read(indices)
-    self.bytes_read += sum(len(tile) for tile in tiles)
-    return tiles
+  def read(self, indices, **kwargs):
+    for tile in self._tiles.read(indices, **kwargs):
+      self.bytes_read += len(tile)
+      yield tile
 
   def __repr__(self):
     return 'CountingTiles'
@@ -311,13 +315,19 @@ def main(argv):
         'sample | Mpx decoded / sample | decoded / kept | whole-frame '
         'decode limit / core | worker peak MiB |')
   print('|---|---|---:|---:|---:|---:|---:|---:|---:|---|')
-  with tempfile.TemporaryDirectory() as root:
+  with tempfile.TemporaryDirectory() as temporary:
+    root = pathlib.Path(_WORK_DIR.value or temporary)
     for image_format in _FORMATS.value:
-      manual_dir = pathlib.Path(root) / image_format
-      data_dir = pathlib.Path(root) / f'tfds_{image_format}'
-      start = time.perf_counter()
       scenes = _SCENES.value if image_format == 'jpeg' else _PNG16_SCENES.value
-      make_set(manual_dir, image_format, scenes, height, width)
+      name = f'{image_format}_{scenes}x{height}x{width}'
+      manual_dir = root / name
+      data_dir = root / f'tfds_{name}'
+      start = time.perf_counter()
+      if not manual_dir.exists():  # Made whole, then named: never half.
+        partial = root / f'{name}.partial'
+        shutil.rmtree(partial, ignore_errors=True)
+        make_set(partial, image_format, scenes, height, width)
+        partial.rename(manual_dir)
       made = time.perf_counter() - start
       start = time.perf_counter()
       build.ensure_prepared(_NAME, data_dir, manual_dir)

@@ -4,9 +4,12 @@ The official code needs torch, torchvision, einops and scipy, which the
 project's environment does not install, so it runs in a child process
 (`recnet_official_torch.py`) under any interpreter that has them: the
 project's own when torch was installed into it, or another one
-(`--torch_python`). Inputs and weights go to it in an .npz, timings and
-outputs come back in one. The two sides never run at the same time, so
-neither steals the other's cores.
+(`--torch_python`). Inputs and weights go to it in an .npz; it then times
+one call at a time on request (`OfficialSession.seconds`), so the caller
+can alternate its rounds with the official ones and compare each pair, timed
+seconds apart, on a machine whose speed drifts. The two sides never run at
+the same time, so neither steals the other's cores; outputs come back in an
+.npz at the end.
 """
 
 import os
@@ -49,30 +52,34 @@ def vgg_torch_layout(vgg_params: dict[str, Any]) -> dict[str, np.ndarray]:
   return arrays
 
 
-def run(torch_python: str, official_dir: str, *, images: list[np.ndarray],
-        train_batch: dict[str, np.ndarray] | None, vgg_params: Any,
-        loss_weights: tuple[float, ...], state_dict_path: str, nc: int,
-        rounds: int, timeout_s: float = 3600) -> dict[str, np.ndarray]:
-  """Times the official network (and training step) in a child process.
+class OfficialSession:
+  """The official network (and training step) in a child process, timed one
+  call at a time.
 
   Args:
     torch_python: interpreter with torch, torchvision, einops and scipy.
     official_dir: checkout of github.com/kravrolens/RECNet.
-    images: NHWC float32 images to time inference on, one call each.
-    train_batch: {'input', 'target'} NHWC crops for the training step, or
-      None to skip it.
+    images: NHWC float32 images to time inference on (requests `image_<i>`).
+    train_batch: {'input', 'target'} NHWC crops for the training step
+      (request `train`), or None to skip it.
     vgg_params: VGG16 Flax params for EXCloss (the ones our loss uses).
     loss_weights: (pixel, ssim, mask, color, ecr).
     state_dict_path: official-layout weights for the network, or '' to keep
       torch's initialisation.
     nc: feature width.
-    rounds: timed calls of each (after one warm-up call).
-    timeout_s: limit for the child.
+    timeout_s: limit for the child's exit once asked to quit.
 
-  Returns:
-    The child's OUT.npz as a dict (see recnet_official_torch.py).
+  Use as a context manager: `seconds(request)` times one call, and `results`
+  (after the `with` block) holds the child's OUT.npz (see
+  recnet_official_torch.py).
   """
-  with tempfile.TemporaryDirectory() as tmp:
+
+  def __init__(self, torch_python: str, official_dir: str, *,
+               images: list[np.ndarray],
+               train_batch: dict[str, np.ndarray] | None, vgg_params: Any,
+               loss_weights: tuple[float, ...], state_dict_path: str, nc: int,
+               timeout_s: float = 1800):
+    self._tmp = tempfile.TemporaryDirectory()
     inputs = {f'image_{i}': np.asarray(image, np.float32)
               for i, image in enumerate(images)}
     if train_batch is not None:
@@ -81,17 +88,57 @@ def run(torch_python: str, official_dir: str, *, images: list[np.ndarray],
     inputs.update(vgg_torch_layout(vgg_params))
     inputs['loss_weights'] = np.asarray(loss_weights, np.float64)
     inputs['state_dict_path'] = np.asarray(state_dict_path)
-    in_path, out_path = (os.path.join(tmp, 'in.npz'),
-                         os.path.join(tmp, 'out.npz'))
+    in_path = os.path.join(self._tmp.name, 'in.npz')
+    self._out_path = os.path.join(self._tmp.name, 'out.npz')
     np.savez(in_path, **inputs)
-    command = [torch_python, _HELPER, f'--official_dir={official_dir}',
-               f'--inputs={in_path}', f'--output={out_path}', f'--nc={nc}',
-               f'--rounds={rounds}']
-    done = subprocess.run(command, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
-    if done.returncode:
-      sys.stderr.write(done.stderr)
-      raise RuntimeError(f'the official PyTorch run failed (exit '
-                         f'{done.returncode}): {" ".join(command)}')
-    with np.load(out_path) as out:
-      return {key: out[key] for key in out.files}
+    self._command = [torch_python, _HELPER, f'--official_dir={official_dir}',
+                     f'--inputs={in_path}', f'--output={self._out_path}',
+                     f'--nc={nc}']
+    self._timeout_s = timeout_s
+    self._child = None
+    self.results: dict[str, np.ndarray] = {}
+
+  def __enter__(self) -> 'OfficialSession':
+    self._stderr = tempfile.TemporaryFile(mode='w+')
+    self._child = subprocess.Popen(
+        self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=self._stderr, text=True)
+    self._reply('ready')
+    return self
+
+  def seconds(self, request: str) -> float:
+    """Times one call: `image_<i>` (inference) or `train` (one step)."""
+    self._child.stdin.write(request + '\n')
+    self._child.stdin.flush()
+    return float(self._reply('seconds ').split()[1])
+
+  def _reply(self, prefix: str) -> str:
+    """The child's next stdout line starting with `prefix` (the official
+    code may print lines of its own)."""
+    while line := self._child.stdout.readline():
+      if line.startswith(prefix):
+        return line.strip()
+    self._fail()  # The child exited.
+
+  def _fail(self):
+    self._child.kill()
+    self._child.wait()
+    self._stderr.seek(0)
+    sys.stderr.write(self._stderr.read())
+    raise RuntimeError(f'the official PyTorch run failed (exit '
+                       f'{self._child.returncode}): {" ".join(self._command)}')
+
+  def __exit__(self, *exc_info):
+    try:
+      if exc_info[0] is None:
+        self._child.communicate('quit\n', timeout=self._timeout_s)
+        if self._child.returncode:
+          self._fail()
+        with np.load(self._out_path) as out:
+          self.results = {key: out[key] for key in out.files}
+    finally:
+      if self._child.poll() is None:
+        self._child.kill()
+        self._child.wait()
+      self._stderr.close()
+      self._tmp.cleanup()

@@ -32,9 +32,15 @@ training step is not timed, NHWC float32; `vgg_<i>` OIHW conv weights and
 `vgg_<i>_bias` for VGG16's ten convs up to relu4_3; `loss_weights` (pixel,
 ssim, mask, color, ecr); `state_dict_path`: the official-layout weights
 to load (may be empty: then the network keeps torch's initialisation).
-OUT.npz: per-round seconds (`image_<i>_seconds`, `train_seconds`), each
-inference output (`image_<i>_output`, NHWC), the first training step's loss,
-torch's version and thread count.
+
+It runs on request, so that the caller can interleave its own rounds with
+these ones (each pair timed within seconds of each other on a shared
+machine): after one warm-up call of each (first-call allocations, oneDNN
+primitive caches; the warm-up training step gives the first loss) it prints
+`ready`, then for each line read from stdin, `image_<i>` or `train`, times
+one call and prints `seconds <s>`; `quit` writes OUT.npz and exits. OUT.npz:
+each inference output (`image_<i>_output`, NHWC), the first training
+step's loss, torch's version and thread count.
 """
 
 import argparse
@@ -55,14 +61,10 @@ def _nchw(torch, array):
   return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
 
 
-def _timed(function, rounds):
-  function()  # Warm-up: first-call allocations, oneDNN primitive caches.
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    function()
-    times.append(time.perf_counter() - start)
-  return times
+def _seconds(function):
+  start = time.perf_counter()
+  function()
+  return time.perf_counter() - start
 
 
 def main():
@@ -71,7 +73,6 @@ def main():
   parser.add_argument('--inputs', required=True)
   parser.add_argument('--output', required=True)
   parser.add_argument('--nc', type=int, default=8)
-  parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--lr', type=float, default=1e-4)
   args = parser.parse_args()
 
@@ -90,23 +91,34 @@ def main():
   if state_dict_path:
     net.load_state_dict(torch.load(state_dict_path, map_location='cpu'))
 
-  net.eval()
-  inference = {}
+  calls, result = {}, {'torch_version': np.asarray(torch.__version__),
+                       'torch_threads': np.int64(torch.get_num_threads())}
   for key in sorted(k for k in data.files if k.startswith('image_')):
     image = _nchw(torch, data[key])
 
     def infer(image=image):
+      net.eval()
       with torch.no_grad():
         return net(image)[0]
 
-    inference[f'{key}_seconds'] = np.asarray(_timed(infer, args.rounds))
-    inference[f'{key}_output'] = infer().numpy().transpose(0, 2, 3, 1)
-  result = dict(inference, torch_version=np.asarray(torch.__version__),
-                torch_threads=np.int64(torch.get_num_threads()))
-  if 'train_input' not in data.files:
-    np.savez(args.output, **result)
-    return
+    calls[key] = infer
+    result[f'{key}_output'] = infer().numpy().transpose(0, 2, 3, 1)
+  if 'train_input' in data.files:
+    calls['train'] = _train_step(args, data, net, torch, torchvision,
+                                 official_loss, official_loss_new)
+    result['first_train_loss'] = np.float64(calls['train']())
+  print('ready', flush=True)
+  for line in sys.stdin:
+    request = line.strip()
+    if request == 'quit':
+      break
+    print(f'seconds {_seconds(calls[request]):.6f}', flush=True)
+  np.savez(args.output, **result)
 
+
+def _train_step(args, data, net, torch, torchvision, official_loss,
+                official_loss_new):
+  """The official `optimize_parameters` as a function returning its loss."""
   # EXCloss builds torchvision's VGG16 with pretrained=True (a download);
   # build it without weights and load the JAX side's instead.
   official_loss_new.vgg16 = (
@@ -130,12 +142,11 @@ def main():
   def luma(rgb):
     return 0.2990 * rgb[:, 0] + 0.5870 * rgb[:, 1] + 0.1140 * rgb[:, 2]
 
-  net.train()
   optimizer = torch.optim.Adam(net.parameters(), lr=args.lr,
                                betas=(0.9, 0.99))
-  losses = []
 
   def train_step():
+    net.train()
     net.zero_grad()
     optimizer.zero_grad()
     out, _, learn_mask, _ = net(x)
@@ -147,11 +158,9 @@ def main():
       total = total + w_exc * exc(out, gt, x, learn_mask)
     total.backward()
     optimizer.step()
-    losses.append(float(total.item()))
+    return float(total.item())
 
-  train_times = _timed(train_step, args.rounds)
-  np.savez(args.output, **result, train_seconds=np.asarray(train_times),
-           first_train_loss=np.float64(losses[0]))
+  return train_step
 
 
 if __name__ == '__main__':

@@ -17,8 +17,10 @@ Runs on JAX's default device and times, for each variant:
     checkout given by --official_dir) on the CPU, in a child process under
     --torch_python (see official_pytorch.py and recnet_official_torch.py):
     the same images, the same network weights, and for the training step the
-    same loss with the same VGG16 weights and Adam. Without --official_dir or
-    without torch there, the variant is skipped with a message saying why.
+    same loss with the same VGG16 weights and Adam. Its rounds alternate
+    with the first JAX variant's: each of our calls is followed by one of
+    the official code's, seconds apart. Without --official_dir or without
+    torch there, the variant is skipped with a message saying why.
 
 Inference: `model.apply(...).output` under `jax.jit` on one image per
 --sizes entry, the input already on the device. Training: one optimiser
@@ -38,7 +40,11 @@ sensitive to other load on a shared machine). "vs reference" is the median
 reference time over the median time of the row, so the speedup is measured
 in the same run, and "vs official" the official code's median time over the
 row's (its "max diff" compares its output or first loss with the first JAX
-variant's, a check that both sides did the same work). Memory: peak bytes in use on an accelerator
+variant's, a check that both sides did the same work). "vs official,
+paired" (first JAX variant) is the median over rounds of the official
+call's time over ours just before it: on a machine whose speed drifts
+between minutes, the ratio that drift disturbs least. Memory: peak bytes
+in use on an accelerator
 (`memory_stats()['peak_bytes_in_use']`, a running maximum over the process),
 on a CPU the process's maximum resident set size (`getrusage`, also a
 running maximum, so only increases between rows mean anything).
@@ -54,6 +60,7 @@ its width matches, else random ones drawn as PyTorch initialises them (see
 values, but the "max diff" column does.
 """
 
+import contextlib
 import os
 import resource
 import statistics
@@ -103,6 +110,9 @@ OFFICIAL = 'official'
 # First JAX variant's inference outputs (by size) and first training loss,
 # for the official rows' "max diff".
 _FIRST_RESULTS = {}
+# The official code's seconds per round, by (task, size), timed alongside
+# the first JAX variant.
+_OFFICIAL_TIMES = {}
 
 
 def jax_variants() -> list[str]:
@@ -178,22 +188,34 @@ def peak_memory() -> str:
   return f'{rss_kib / 2**20:.2f} GiB maxrss'
 
 
-def time_rounds(function, args, peak) -> tuple[list[float], list[float]]:
-  """(seconds per round, peak-matmul seconds just before each round)."""
+def time_rounds(function, args, peak, official=None, request=''
+                ) -> tuple[list[float], list[float], list[float]]:
+  """(seconds per round, peak-matmul seconds just before each round, the
+  official code's seconds per round): with an `OfficialSession`, each round
+  also times one official call (`request`) right after ours."""
   matmul, operands, _ = peak['op']
-  times, peak_times = [], []
+  times, peak_times, official_times = [], [], []
   for _ in range(_ROUNDS.value):
     peak_seconds = min(timing.seconds(matmul, *operands) for _ in range(2))
     peak['seconds'].append(peak_seconds)
     peak_times.append(peak_seconds)
     times.append(timing.seconds(function, *args))
-  return times, peak_times
+    if official is not None:
+      official_times.append(official.seconds(request))
+  return times, peak_times, official_times
 
 
 def row(task, size, variant, unit_count, unit, flops, compile_s, times,
-        peak_times, peak, max_diff) -> dict:
+        peak_times, peak, max_diff, official_times=()) -> dict:
+  """A timed row; with `official_times` (the official code's, round by round
+  after ours), also the median over rounds of official / ours."""
   peak_flops = peak['op'][2]
+  if official_times:
+    _OFFICIAL_TIMES[(task, size)] = list(official_times)
   return {
+      'vs_official_paired': (
+          statistics.median(o / t for o, t in zip(official_times, times))
+          if official_times else float('nan')),
       'task': task, 'size': size, 'variant': variant,
       'median_s': statistics.median(times), 'best_s': min(times),
       'units': unit_count, 'unit': unit, 'flops': flops,
@@ -204,21 +226,27 @@ def row(task, size, variant, unit_count, unit, flops, compile_s, times,
       'load': os.getloadavg()[0]}
 
 
-def benchmark_inference(height, width, peak) -> list[dict]:
+def benchmark_inference(height, width, peak, official=None, request=''
+                        ) -> list[dict]:
+  """Rows of each JAX variant; the first one's rounds alternate with the
+  official code's (`official`, `request`) when given."""
   image = smooth_image(1, height, width)
   rows, outputs = [], {}
   for variant in jax_variants():
+    partner = official if variant == jax_variants()[0] else None
     model = make_model(variant)
     params, _ = benchmark_params(model)
     apply = jax.jit(lambda p, x, m=model: m.apply({'params': p}, x).output)
     flops, compile_s = compiled_flops(apply, params, image)
     outputs[variant] = np.asarray(apply(params, image))
-    times, peak_times = time_rounds(apply, (params, image), peak)
+    times, peak_times, official_times = time_rounds(
+        apply, (params, image), peak, partner, request)
     first = outputs[jax_variants()[0]]
     _FIRST_RESULTS.setdefault(f'{height}x{width}', first)
     rows.append(row('inference', f'{height}x{width}', variant, 1, 'image',
                     flops, compile_s, times, peak_times, peak,
-                    float(np.max(np.abs(outputs[variant] - first)))))
+                    float(np.max(np.abs(outputs[variant] - first))),
+                    official_times))
     print(f'  done: inference {height}x{width} {variant} '
           f'{statistics.median(times) * 1e3:.0f} ms', flush=True)
   return rows
@@ -250,12 +278,15 @@ def train_setup():
   return config, frozen, batch, note
 
 
-def benchmark_train(peak) -> tuple[list[dict], str]:
+def benchmark_train(peak, official=None) -> tuple[list[dict], str]:
+  """Rows of each JAX variant's training step; the first one's rounds
+  alternate with the official code's when `official` is given."""
   config, frozen, batch, note = train_setup()
   b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
   optimizer = optax.adam(1e-4)
   rows, losses = [], {}
   for variant in jax_variants():
+    partner = official if variant == jax_variants()[0] else None
     model = make_model(variant)
     params, _ = benchmark_params(model)
     opt_state = optimizer.init(params)
@@ -272,31 +303,35 @@ def benchmark_train(peak) -> tuple[list[dict], str]:
     args = (params, opt_state, batch, frozen)
     flops, compile_s = compiled_flops(step, *args)
     losses[variant] = float(step(*args)[2])
-    times, peak_times = time_rounds(step, args, peak)
+    times, peak_times, official_times = time_rounds(step, args, peak,
+                                                    partner, 'train')
     rows.append(row('train step', f'{b}x{c}x{c}', variant, b, 'image', flops,
                     compile_s, times, peak_times, peak,
-                    abs(losses[variant] - losses[jax_variants()[0]])))
+                    abs(losses[variant] - losses[jax_variants()[0]]),
+                    official_times))
     _FIRST_RESULTS.setdefault('train', losses[jax_variants()[0]])
     print(f'  done: train {variant} {statistics.median(times):.2f} s',
           flush=True)
   return rows, note
 
 
-def benchmark_official() -> list[dict]:
-  """Rows of the official PyTorch code, or none (with the reason printed)."""
+def official_session() -> official_pytorch.OfficialSession | None:
+  """The official code, ready to be timed, or None (the reason printed)."""
+  if OFFICIAL not in _VARIANTS.value:
+    return None
   if not _OFFICIAL_DIR.value:
     print('  skipped: official (no --official_dir)')
-    return []
+    return None
   why = official_pytorch.missing_requirement(_TORCH_PYTHON.value,
                                              _OFFICIAL_DIR.value)
   if why:
     print(f'  skipped: official ({why})')
-    return []
+    return None
   sizes = [timing.parse_size(text) for text in _SIZES.value]
   config, frozen, batch, _ = train_setup()
   loss = config.loss
-  _, described = benchmark_params(make_model('fast'))
-  out = official_pytorch.run(
+  _, described = benchmark_params(make_model(jax_variants()[0]))
+  return official_pytorch.OfficialSession(
       _TORCH_PYTHON.value, _OFFICIAL_DIR.value,
       images=[np.asarray(smooth_image(1, h, w)) for h, w in sizes],
       train_batch=({k: np.asarray(v) for k, v in batch.items()}
@@ -305,17 +340,25 @@ def benchmark_official() -> list[dict]:
       loss_weights=(loss.pixel_weight, loss.ssim_weight, loss.mask_weight,
                     loss.color_weight, loss.ecr_weight),
       state_dict_path=_FIXTURE if described.startswith('fixture') else '',
-      nc=_NC.value, rounds=_ROUNDS.value)
+      nc=_NC.value)
+
+
+def official_rows(out: dict[str, np.ndarray]) -> list[dict]:
+  """Rows of the official code's times (`_OFFICIAL_TIMES`), with its
+  outputs (`out`, the session's results) against the first JAX variant's."""
+  sizes = [timing.parse_size(text) for text in _SIZES.value]
+  _, described = benchmark_params(make_model(jax_variants()[0]))
   variant = (f'official (torch {out["torch_version"]}, '
              f'{int(out["torch_threads"])} threads)')
   rows = []
 
-  def official_row(task, size, units, seconds, diff):
-    seconds = list(seconds)
+  def official_row(task, size, units, diff):
+    seconds = _OFFICIAL_TIMES[(task, size)]
     return {'task': task, 'size': size, 'variant': variant,
             'median_s': statistics.median(seconds), 'best_s': min(seconds),
             'units': units, 'unit': 'image', 'flops': float('nan'),
             'compile_s': float('nan'), 'paired': float('nan'),
+            'vs_official_paired': float('nan'),
             'memory': '-', 'max_diff': diff, 'load': os.getloadavg()[0],
             'official': True}
 
@@ -324,17 +367,14 @@ def benchmark_official() -> list[dict]:
     diff = (float(np.max(np.abs(out[f'image_{i}_output'] - first)))
             if first is not None and described.startswith('fixture')
             else float('nan'))
-    rows.append(official_row('inference', f'{h}x{w}', 1,
-                             out[f'image_{i}_seconds'], diff))
+    rows.append(official_row('inference', f'{h}x{w}', 1, diff))
   if _TRAIN.value:
     first = _FIRST_RESULTS.get('train')
     diff = (abs(float(out['first_train_loss']) - first)
             if first is not None and described.startswith('fixture')
             else float('nan'))
     b, c = _TRAIN_BATCH.value, _TRAIN_CROP.value
-    rows.append(official_row('train step', f'{b}x{c}x{c}', b,
-                             out['train_seconds'], diff))
-  print('  done: official', flush=True)
+    rows.append(official_row('train step', f'{b}x{c}x{c}', b, diff))
   return rows
 
 
@@ -409,10 +449,10 @@ def print_table(rows, peak) -> None:
               if r.get('official')}
   print('| task | size | variant | median ms | best ms | images/s | '
         'compile s | XLA GFLOP | GFLOP/s | of peak | of peak, paired | '
-        'vs reference | vs official | max diff vs first | memory | '
-        'load 1 min |')
+        'vs reference | vs official | vs official, paired | max diff vs '
+        'first | memory | load 1 min |')
   print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
-        '---|---:|')
+        '---:|---|---:|')
 
   def figure(value, spec):
     return '-' if np.isnan(value) else format(value, spec)
@@ -429,7 +469,9 @@ def print_table(rows, peak) -> None:
           f'{figure(r["compile_s"], ".1f")} | '
           f'{figure(r["flops"] / 1e9, ".1f")} | {figure(rate / 1e9, ".2f")} | '
           f'{figure(rate / peak_rate, ".4f")} | {figure(r["paired"], ".4f")} | '
-          f'{speedup} | {over_official} | {figure(r["max_diff"], ".1e")} | '
+          f'{speedup} | {over_official} | '
+          f'{figure(r["vs_official_paired"], ".2f")} | '
+          f'{figure(r["max_diff"], ".1e")} | '
           f'{r["memory"]} | {r["load"]:.2f} |')
 
 
@@ -444,14 +486,18 @@ def main(argv):
   peak = {'op': timing.make_peak(size), 'seconds': [], 'size': size}
   timing.seconds(peak['op'][0], *peak['op'][1])  # Compiles.
   rows = []
-  for text in _SIZES.value:
-    rows += benchmark_inference(*timing.parse_size(text), peak)
-  note = ''
-  if _TRAIN.value:
-    train_rows, note = benchmark_train(peak)
-    rows += train_rows
-  if OFFICIAL in _VARIANTS.value:
-    rows += benchmark_official()
+  official = official_session()
+  with official or contextlib.nullcontext():
+    for i, text in enumerate(_SIZES.value):
+      rows += benchmark_inference(*timing.parse_size(text), peak, official,
+                                  f'image_{i}')
+    note = ''
+    if _TRAIN.value:
+      train_rows, note = benchmark_train(peak, official)
+      rows += train_rows
+  if official is not None:
+    rows += official_rows(official.results)
+    print('  done: official', flush=True)
   print_table(rows, peak)
   print(f'\nRECNet nc={_NC.value}, {_NUM_BLOCKS.value} blocks, '
         f'{_NUM_HEADS.value} heads; params: '

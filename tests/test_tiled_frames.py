@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from tensorflow_datasets.core import shuffle
+from tensorflow_datasets.proto import tf_example_pb2
 
 import uec_sample_golden  # tests/ is on sys.path.
 from data_prep import build
@@ -26,7 +27,8 @@ class _Tiles:
     self.indices_read = []
     self.calls = 0
 
-  def read(self, indices):
+  def read(self, indices, parallel=False):
+    del parallel  # In memory, one way to read.
     self.calls += 1
     self.indices_read += list(indices)
     return [self.records[i] for i in indices]
@@ -64,6 +66,8 @@ def test_a_crop_is_the_box_of_the_full_frame(dtype):
       assert flipped.flags['C_CONTIGUOUS']
       np.testing.assert_array_equal(
           frame.crop(top, left, height, width, flip_lr=True), box[:, ::-1])
+      np.testing.assert_array_equal(
+          frame.crop(top, left, height, width, flip_ud=True), box[::-1])
     with pytest.raises(ValueError, match='outside'):
       frame.crop(300, 0, 2, 2)
 
@@ -115,6 +119,89 @@ def test_two_scenes_crops_in_one_read():
     for crop, crop_apart, crop_array in zip(group, group_apart, group_arrays):
       np.testing.assert_array_equal(crop, crop_apart)
       np.testing.assert_array_equal(crop, crop_array)
+
+
+@pytest.mark.parametrize('size', [0, 1, 127, 128, 16383, 16384, 49152,
+                                  2**21 + 5])
+def test_a_tile_is_taken_out_of_its_record_as_protobuf_parses_it(size):
+  """TFDS's serialization of a tile record gives its tile as a view of the
+  record's tail; any other serialization of the same Example is parsed."""
+  tile = np.random.default_rng(size).integers(0, 256, size, np.uint8)
+  example = tf_example_pb2.Example()
+  example.features.feature['tile'].bytes_list.value.append(tile.tobytes())
+  canonical = example.SerializeToString()
+  payload = tiled_frames.tile_payload(canonical)
+  assert isinstance(payload, memoryview) and bytes(payload) == tile.tobytes()
+  # Valid serializations of the same tile that are not TFDS's: no tail view,
+  # the parse gives the tile.
+  key = _field(1, b'tile')
+  value = _field(2, _field(1, _field(1, tile.tobytes())))
+  other = _field(1, b'other') + _field(2, _field(1, b''))
+  for entries in ([value + key],  # Value before key.
+                  [key + value, other], [other, key + value]):
+    record = _field(1, b''.join(_field(1, entry) for entry in entries))
+    assert record != canonical
+    assert bytes(tiled_frames.tile_payload(record)) == tile.tobytes()
+  # The same layout under another key is no tile.
+  with pytest.raises(ValueError, match='no .tile. bytes.*rebuild'):
+    tiled_frames.tile_payload(canonical.replace(b'\x0a\x04tile',
+                                                b'\x0a\x04tilf', 1))
+
+
+def _field(number: int, data: bytes) -> bytes:
+  """A length-delimited protobuf field."""
+  length, varint = len(data), b''
+  while True:
+    byte = length & 0x7F
+    length >>= 7
+    varint += bytes([byte | (0x80 if length else 0)])
+    if not length:
+      return bytes([number << 3 | 2]) + varint + data
+
+
+class _CountingRecords:
+  """Stands in for array_record's data source; counts each read method."""
+
+  def __init__(self, records):
+    self.records = records
+    self.single = self.parallel = 0
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index):
+    self.single += 1
+    return self.records[index]
+
+  def __getitems__(self, indices):
+    self.parallel += 1
+    return [self.records[i] for i in indices]
+
+
+def test_crops_read_records_one_by_one_and_whole_frames_in_parallel():
+  """Locally, a crop (what a grain worker reads) costs least read record by
+  record; a whole frame (evaluation) and anything from a bucket use
+  array_record's parallel reads."""
+  frame = np.arange(300 * 400 * 3, dtype=np.uint16).reshape(300, 400, 3)
+  table = tiled_frames.SceneTableWriter(num_scenes=1, tile=64)
+  serialized = []
+  for _, example in table.add_scene(
+      {'scene': 's', 'evs': [0.0], 'camera': '', 'source': ''}, [frame]):
+    record = tf_example_pb2.Example()
+    record.features.feature['tile'].bytes_list.value.append(example['tile'])
+    serialized.append(record.SerializeToString())
+  for remote in (False, True):
+    records = _CountingRecords(serialized)
+    tfds_source = type('TfdsSource', (), {'data_source': records})()
+    source = tiled_frames.TiledSceneSource(
+        tiled_frames.TileRecords(tfds_source, remote), table.scenes, 64)
+    stored = source[0]['frames'][0]
+    np.testing.assert_array_equal(stored.crop(10, 20, 200, 300),
+                                  frame[10:210, 20:320])
+    assert (records.single, records.parallel) == ((4 * 5, 0) if not remote
+                                                  else (0, 1))
+    np.testing.assert_array_equal(stored.decode(), frame)
+    assert records.parallel == 1 + remote
 
 
 def test_a_damaged_tile_is_named():
