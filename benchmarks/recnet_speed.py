@@ -110,9 +110,6 @@ OFFICIAL = 'official'
 # First JAX variant's inference outputs (by size) and first training loss,
 # for the official rows' "max diff".
 _FIRST_RESULTS = {}
-# The official code's seconds per round, by (task, size), timed alongside
-# the first JAX variant.
-_OFFICIAL_TIMES = {}
 
 
 def jax_variants() -> list[str]:
@@ -208,11 +205,10 @@ def time_rounds(function, args, peak, official=None, request=''
 def row(task, size, variant, unit_count, unit, flops, compile_s, times,
         peak_times, peak, max_diff, official_times=()) -> dict:
   """A timed row; with `official_times` (the official code's, round by round
-  after ours), also the median over rounds of official / ours."""
+  after ours), those too and the median over rounds of official / ours."""
   peak_flops = peak['op'][2]
-  if official_times:
-    _OFFICIAL_TIMES[(task, size)] = list(official_times)
   return {
+      'official_times': list(official_times),
       'vs_official_paired': (
           statistics.median(o / t for o, t in zip(official_times, times))
           if official_times else float('nan')),
@@ -343,9 +339,13 @@ def official_session() -> official_pytorch.OfficialSession | None:
       nc=_NC.value)
 
 
-def official_rows(out: dict[str, np.ndarray]) -> list[dict]:
-  """Rows of the official code's times (`_OFFICIAL_TIMES`), with its
-  outputs (`out`, the session's results) against the first JAX variant's."""
+def official_rows(out: dict[str, np.ndarray], rows: list[dict]
+                  ) -> list[dict]:
+  """Rows of the official code's times (those timed alongside `rows`), with
+  its outputs (`out`, the session's results) against the first JAX
+  variant's."""
+  official_times = {(r['task'], r['size']): r['official_times']
+                    for r in rows if r['official_times']}
   sizes = [timing.parse_size(text) for text in _SIZES.value]
   _, described = benchmark_params(make_model(jax_variants()[0]))
   variant = (f'official (torch {out["torch_version"]}, '
@@ -353,12 +353,12 @@ def official_rows(out: dict[str, np.ndarray]) -> list[dict]:
   rows = []
 
   def official_row(task, size, units, diff):
-    seconds = _OFFICIAL_TIMES[(task, size)]
+    seconds = official_times[(task, size)]
     return {'task': task, 'size': size, 'variant': variant,
             'median_s': statistics.median(seconds), 'best_s': min(seconds),
             'units': units, 'unit': 'image', 'flops': float('nan'),
             'compile_s': float('nan'), 'paired': float('nan'),
-            'vs_official_paired': float('nan'),
+            'vs_official_paired': float('nan'), 'official_times': [],
             'memory': '-', 'max_diff': diff, 'load': os.getloadavg()[0],
             'official': True}
 
@@ -496,7 +496,7 @@ def main(argv):
       train_rows, note = benchmark_train(peak, official)
       rows += train_rows
   if official is not None:
-    rows += official_rows(official.results)
+    rows += official_rows(official.results, rows)
     print('  done: official', flush=True)
   print_table(rows, peak)
   print(f'\nRECNet nc={_NC.value}, {_NUM_BLOCKS.value} blocks, '
